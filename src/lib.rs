@@ -1,0 +1,34 @@
+//! mvllm: one OpenAI-compatible endpoint in front of many vLLM servers.
+//!
+//! Layout:
+//! - `cli`: the command line (`mvllm run | sim | demo | check-config | version`).
+//! - `openai`: OpenAI-shaped error bodies, shared by every server in the binary.
+//! - `sim`: `mvllm sim`, a simulated vLLM server for tests, benchmarks and demos.
+
+pub mod cli;
+pub mod openai;
+pub mod sim;
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

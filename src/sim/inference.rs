@@ -1,0 +1,644 @@
+//! The inference endpoints: /v1/chat/completions, /v1/completions and /v1/embeddings.
+//!
+//! Each request is checked like vLLM checks it, turned into prompt tokens, queued on an engine
+//! (one generation per choice), and answered either at the end as one JSON body or token by
+//! token as server-sent events.
+
+use std::io;
+
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, select_all, StreamExt};
+
+use super::engine::{GenRequest, Generation, TokenEvent};
+use super::kv_cache::prefix_block_hashes;
+use super::metrics::FinishedReason;
+use super::protocol::*;
+use super::server::{
+    body_bytes, client_request_id, inject_faults, unix_now, with_request_id, ConnKill, Shared,
+    SimState,
+};
+use super::tokenizer::{chat_prompt, embedding, output_token, prompt_key, tokenize};
+use crate::openai::ApiError;
+
+/// Most choices one request may ask for (`n`, times the prompts of a batch).
+const MAX_CHOICES: usize = 128;
+
+/// One prompt, tokenized.
+struct PromptTokens {
+    tokens: Vec<u32>,
+}
+
+/// What one choice generates.
+#[derive(Clone, Copy)]
+struct ChoicePlan {
+    prompt_key: u64,
+    output_len: u32,
+    finish: FinishedReason,
+}
+
+impl ChoicePlan {
+    fn finish_reason(&self) -> &'static str {
+        match self.finish {
+            FinishedReason::Length => "length",
+            _ => "stop",
+        }
+    }
+
+    /// Text of the `generated`-th token (1-based). A "stop" ends on an end-of-sequence token
+    /// whose text is empty, as in vLLM.
+    fn token_text(&self, seed: u64, generated: u32) -> &'static str {
+        if self.finish == FinishedReason::Stop && generated >= self.output_len {
+            ""
+        } else {
+            output_token(seed, self.prompt_key, generated - 1)
+        }
+    }
+
+    fn full_text(&self, seed: u64, generated: u32) -> String {
+        (1..=generated).map(|g| self.token_text(seed, g)).collect()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completion,
+}
+
+/// Everything needed to answer a generation request once its tokens come out.
+struct Answer {
+    api: Api,
+    id: String,
+    model: String,
+    created: u64,
+    seed: u64,
+    prompt_tokens: usize,
+    choices: Vec<ChoicePlan>,
+}
+
+pub async fn chat(
+    State(state): State<Shared>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let cut = match inject_faults(&state, kill.as_deref()).await {
+        Ok(cut) => cut,
+        Err(response) => return response,
+    };
+    let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
+    let response = match plan_chat(&state, &request_id, body) {
+        Ok((answer, requests, streaming)) => {
+            respond(&state, answer, requests, streaming, cut, kill.map(|k| k.0)).await
+        }
+        Err(error) => error.into_response(),
+    };
+    with_request_id(response, &request_id)
+}
+
+pub async fn completions(
+    State(state): State<Shared>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let cut = match inject_faults(&state, kill.as_deref()).await {
+        Ok(cut) => cut,
+        Err(response) => return response,
+    };
+    let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
+    let response = match plan_completion(&state, &request_id, body) {
+        Ok((answer, requests, streaming)) => {
+            respond(&state, answer, requests, streaming, cut, kill.map(|k| k.0)).await
+        }
+        Err(error) => error.into_response(),
+    };
+    with_request_id(response, &request_id)
+}
+
+/// (what to answer, what to generate, whether to stream)
+type Planned = (Answer, Vec<GenRequest>, Streaming);
+
+#[derive(Clone, Copy)]
+struct Streaming {
+    enabled: bool,
+    include_usage: bool,
+    continuous_usage: bool,
+}
+
+impl Streaming {
+    fn new(stream: Option<bool>, options: Option<&StreamOptions>) -> Self {
+        let enabled = stream.unwrap_or(false);
+        Streaming {
+            enabled,
+            include_usage: enabled && options.and_then(|o| o.include_usage).unwrap_or(false),
+            continuous_usage: enabled
+                && options
+                    .and_then(|o| o.continuous_usage_stats)
+                    .unwrap_or(false),
+        }
+    }
+}
+
+fn plan_chat(
+    state: &SimState,
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Planned, ApiError> {
+    let body = body_bytes(body)?;
+    let request: ChatRequest = parse_json(&body)?;
+    let model = state.resolve_model(request.model.as_deref())?;
+    let messages = request
+        .messages
+        .ok_or_else(|| ApiError::bad_request("Field required: messages").with_param("messages"))?;
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
+    }
+    let mut texts = Vec::with_capacity(messages.len());
+    for message in &messages {
+        texts.push((message.role.as_str(), message_text(&message.content)?));
+    }
+    let prompt = chat_prompt(texts.iter().map(|(role, text)| (*role, text.as_str())));
+    let prompts = vec![PromptTokens {
+        tokens: tokenize(&prompt),
+    }];
+    let max_tokens = request.max_completion_tokens.or(request.max_tokens);
+    let streaming = Streaming::new(request.stream, request.stream_options.as_ref());
+    let (answer, requests) = plan_generation(
+        state,
+        Api::Chat,
+        format!("chatcmpl-{request_id}"),
+        model,
+        &prompts,
+        max_tokens,
+        request.n,
+    )?;
+    Ok((answer, requests, streaming))
+}
+
+fn plan_completion(
+    state: &SimState,
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Planned, ApiError> {
+    let body = body_bytes(body)?;
+    let request: CompletionRequest = parse_json(&body)?;
+    let model = state.resolve_model(request.model.as_deref())?;
+    let prompt = request
+        .prompt
+        .ok_or_else(|| ApiError::bad_request("Field required: prompt").with_param("prompt"))?;
+    let prompts = prompt_list(prompt, "prompt")?;
+    let streaming = Streaming::new(request.stream, request.stream_options.as_ref());
+    let (answer, requests) = plan_generation(
+        state,
+        Api::Completion,
+        format!("cmpl-{request_id}"),
+        model,
+        &prompts,
+        request.max_tokens,
+        request.n,
+    )?;
+    Ok((answer, requests, streaming))
+}
+
+/// Splits a prompt or input into its tokenized prompts (a batch has several).
+fn prompt_list(prompt: Prompt, param: &str) -> Result<Vec<PromptTokens>, ApiError> {
+    let prompts: Vec<PromptTokens> = match prompt {
+        Prompt::Text(text) => vec![PromptTokens {
+            tokens: tokenize(&text),
+        }],
+        Prompt::Texts(texts) => texts
+            .iter()
+            .map(|t| PromptTokens {
+                tokens: tokenize(t),
+            })
+            .collect(),
+        Prompt::Tokens(tokens) => vec![PromptTokens { tokens }],
+        Prompt::TokenLists(lists) => lists
+            .into_iter()
+            .map(|tokens| PromptTokens { tokens })
+            .collect(),
+    };
+    if prompts.is_empty() {
+        return Err(
+            ApiError::bad_request(format!("{param} must not be an empty list")).with_param(param),
+        );
+    }
+    Ok(prompts)
+}
+
+/// Checks lengths against --max-model-len and decides every choice's output.
+fn plan_generation(
+    state: &SimState,
+    api: Api,
+    id: String,
+    model: String,
+    prompts: &[PromptTokens],
+    max_tokens: Option<u32>,
+    n: Option<u32>,
+) -> Result<(Answer, Vec<GenRequest>), ApiError> {
+    let cfg = &state.cfg;
+    let n = n.unwrap_or(1) as usize;
+    if n == 0 || n * prompts.len() > MAX_CHOICES {
+        return Err(ApiError::bad_request(format!(
+            "n must be from 1 to {MAX_CHOICES} (across all prompts), got {n}"
+        ))
+        .with_param("n"));
+    }
+    let limit = cfg.max_model_len;
+    let mut answer = Answer {
+        api,
+        id,
+        model,
+        created: unix_now(),
+        seed: cfg.seed,
+        prompt_tokens: 0,
+        choices: Vec::with_capacity(n * prompts.len()),
+    };
+    let mut requests = Vec::with_capacity(n * prompts.len());
+    for prompt in prompts {
+        let prompt_len = prompt.tokens.len();
+        let (output_len, finish) = match max_tokens {
+            Some(0) => {
+                return Err(ApiError::bad_request("max_tokens must be at least 1, got 0.").with_param("max_tokens"))
+            }
+            Some(m) if prompt_len + m as usize > limit => {
+                return Err(ApiError::bad_request(format!(
+                    "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt_len} in the messages, {m} in the completion). Please reduce the length of the messages or completion.",
+                    prompt_len + m as usize
+                )))
+            }
+            Some(m) => (m, FinishedReason::Length),
+            None if prompt_len >= limit => {
+                return Err(ApiError::bad_request(format!(
+                    "This model's maximum context length is {limit} tokens. However, your request has {prompt_len} input tokens. Please reduce the length of the input messages."
+                )))
+            }
+            None => {
+                let room = (limit - prompt_len) as u32;
+                if cfg.default_max_tokens > room {
+                    (room, FinishedReason::Length)
+                } else {
+                    (cfg.default_max_tokens, FinishedReason::Stop)
+                }
+            }
+        };
+        let key = prompt_key(&prompt.tokens);
+        let hashes = prefix_block_hashes(&prompt.tokens, cfg.shape.block_size);
+        answer.prompt_tokens += prompt_len;
+        for choice in 0..n {
+            answer.choices.push(ChoicePlan {
+                prompt_key: key ^ choice as u64,
+                output_len,
+                finish,
+            });
+            requests.push(GenRequest {
+                prompt_len,
+                prompt_hashes: hashes.clone(),
+                output_len,
+                finish,
+            });
+        }
+    }
+    Ok((answer, requests))
+}
+
+async fn respond(
+    state: &SimState,
+    answer: Answer,
+    requests: Vec<GenRequest>,
+    streaming: Streaming,
+    cut: Option<u32>,
+    kill: Option<ConnKill>,
+) -> Response {
+    let generations: Vec<Generation> = requests
+        .into_iter()
+        .map(|r| state.engines.submit(r))
+        .collect();
+    if streaming.enabled {
+        return stream_answer(answer, generations, streaming, cut, kill);
+    }
+    let counts =
+        futures_util::future::join_all(generations.into_iter().map(Generation::complete)).await;
+    let texts: Vec<String> = answer
+        .choices
+        .iter()
+        .zip(&counts)
+        .map(|(plan, &count)| plan.full_text(answer.seed, count))
+        .collect();
+    let usage = Usage::new(
+        answer.prompt_tokens,
+        counts.iter().map(|&c| c as usize).sum(),
+    );
+    match answer.api {
+        Api::Chat => axum::Json(ChatCompletion {
+            id: &answer.id,
+            object: "chat.completion",
+            created: answer.created,
+            model: &answer.model,
+            choices: answer
+                .choices
+                .iter()
+                .zip(&texts)
+                .enumerate()
+                .map(|(index, (plan, text))| ChatChoice {
+                    index: index as u32,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        reasoning_content: None,
+                        content: text,
+                        tool_calls: [],
+                    },
+                    logprobs: None,
+                    finish_reason: plan.finish_reason(),
+                    stop_reason: None,
+                })
+                .collect(),
+            usage,
+            prompt_logprobs: None,
+            kv_transfer_params: None,
+        })
+        .into_response(),
+        Api::Completion => axum::Json(Completion {
+            id: &answer.id,
+            object: "text_completion",
+            created: answer.created,
+            model: &answer.model,
+            choices: answer
+                .choices
+                .iter()
+                .zip(&texts)
+                .enumerate()
+                .map(|(index, (plan, text))| CompletionChoice {
+                    index: index as u32,
+                    text,
+                    logprobs: None,
+                    finish_reason: plan.finish_reason(),
+                    stop_reason: None,
+                    prompt_logprobs: None,
+                })
+                .collect(),
+            usage,
+            kv_transfer_params: None,
+        })
+        .into_response(),
+    }
+}
+
+/// The state of one SSE response.
+struct SseWriter {
+    answer: Answer,
+    streaming: Streaming,
+    generated: Vec<u32>,
+    /// Token events written so far (for the cut-stream fault).
+    events_written: u32,
+}
+
+impl SseWriter {
+    fn chunk<C: serde::Serialize>(&self, choices: C, usage: Option<StreamUsage>) -> Bytes {
+        sse_event(&Chunk {
+            id: &self.answer.id,
+            object: match self.answer.api {
+                Api::Chat => "chat.completion.chunk",
+                Api::Completion => "text_completion",
+            },
+            created: self.answer.created,
+            model: &self.answer.model,
+            choices,
+            usage,
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        Usage::new(
+            self.answer.prompt_tokens,
+            self.generated.iter().map(|&g| g as usize).sum(),
+        )
+    }
+
+    /// The SSE bytes for one token of choice `index`.
+    fn token(&mut self, index: usize, event: TokenEvent) -> Bytes {
+        self.generated[index] = event.generated;
+        self.events_written += 1;
+        let plan = self.answer.choices[index];
+        let text = plan.token_text(self.answer.seed, event.generated);
+        let finish_reason = event.finished.then(|| plan.finish_reason());
+        let usage = self.streaming.continuous_usage.then(|| {
+            // vLLM's per-chunk usage counts this choice's tokens so far.
+            StreamUsage::from(Usage::new(
+                self.answer.prompt_tokens,
+                event.generated as usize,
+            ))
+        });
+        let index = index as u32;
+        match self.answer.api {
+            Api::Chat => {
+                let mut out = BytesMut::new();
+                if event.generated == 1 {
+                    // The first chunk of a choice carries the role, and no text.
+                    out.extend_from_slice(&self.chunk(
+                        [ChatChunkChoice {
+                            index,
+                            delta: ChatDelta {
+                                role: Some("assistant"),
+                                content: "",
+                            },
+                            logprobs: None,
+                            finish_reason: None,
+                            stop_reason: false,
+                        }],
+                        None,
+                    ));
+                }
+                out.extend_from_slice(&self.chunk(
+                    [ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: None,
+                            content: text,
+                        },
+                        logprobs: None,
+                        finish_reason,
+                        stop_reason: event.finished,
+                    }],
+                    usage,
+                ));
+                out.freeze()
+            }
+            Api::Completion => self.chunk(
+                [CompletionChunkChoice {
+                    index,
+                    text,
+                    logprobs: None,
+                    finish_reason,
+                    stop_reason: None,
+                }],
+                usage,
+            ),
+        }
+    }
+
+    /// The usage chunk (if asked for) and `[DONE]`.
+    fn tail(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.streaming.include_usage {
+            let no_choices: [(); 0] = [];
+            out.extend_from_slice(&self.chunk(no_choices, Some(self.usage().into())));
+        }
+        out.extend_from_slice(SSE_DONE);
+        out.freeze()
+    }
+}
+
+fn stream_answer(
+    answer: Answer,
+    generations: Vec<Generation>,
+    streaming: Streaming,
+    cut: Option<u32>,
+    kill: Option<ConnKill>,
+) -> Response {
+    let writer = SseWriter {
+        generated: vec![0; answer.choices.len()],
+        answer,
+        streaming,
+        events_written: 0,
+    };
+    let events = select_all(
+        generations
+            .into_iter()
+            .enumerate()
+            .map(|(index, generation)| generation.map(move |event| (index, event))),
+    );
+    let body = stream::unfold(Some((writer, events)), move |state| {
+        let kill = kill.clone();
+        async move {
+            let (mut writer, mut events) = state?;
+            match events.next().await {
+                Some(_) if cut.is_some_and(|n| writer.events_written >= n) => {
+                    if let Some(kill) = kill {
+                        kill.close();
+                    }
+                    let cut_off = io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "stream cut (injected fault)",
+                    );
+                    Some((Err(cut_off), None))
+                }
+                Some((index, event)) => {
+                    let bytes = writer.token(index, event);
+                    Some((Ok(bytes), Some((writer, events))))
+                }
+                None => Some((Ok(writer.tail()), None)),
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+pub async fn embeddings(
+    State(state): State<Shared>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(response) = inject_faults(&state, kill.as_deref()).await {
+        return response;
+    }
+    let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
+    let response = match embed(&state, &request_id, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    with_request_id(response, &request_id)
+}
+
+async fn embed(
+    state: &SimState,
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let request: EmbeddingRequest = parse_json(&body)?;
+    let model = state.resolve_model(request.model.as_deref())?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding_format must be \"float\" or \"base64\", got {other:?}"
+            ))
+            .with_param("encoding_format"))
+        }
+    };
+    let input = request
+        .input
+        .ok_or_else(|| ApiError::bad_request("Field required: input").with_param("input"))?;
+    let inputs = prompt_list(input, "input")?;
+    let cfg = &state.cfg;
+    if inputs.len() > 2048 {
+        return Err(ApiError::bad_request("input may hold at most 2048 items").with_param("input"));
+    }
+    for input in &inputs {
+        if input.tokens.len() > cfg.max_model_len {
+            return Err(ApiError::bad_request(format!(
+                "This model's maximum context length is {} tokens. However, you requested {} tokens in the input for embedding generation. Please reduce the length of the input.",
+                cfg.max_model_len,
+                input.tokens.len()
+            )));
+        }
+    }
+    // An embedding is a prefill with no decoding: one engine step in the batch.
+    let generations: Vec<Generation> = inputs
+        .iter()
+        .map(|input| {
+            state.engines.submit(GenRequest {
+                prompt_len: input.tokens.len(),
+                prompt_hashes: prefix_block_hashes(&input.tokens, cfg.shape.block_size),
+                output_len: 1,
+                finish: FinishedReason::Stop,
+            })
+        })
+        .collect();
+    futures_util::future::join_all(generations.into_iter().map(Generation::complete)).await;
+
+    let prompt_tokens = inputs.iter().map(|i| i.tokens.len()).sum();
+    let data = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let vector = embedding(cfg.seed, &input.tokens, cfg.embedding_dim);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingVector::Floats(vector)
+            };
+            EmbeddingData {
+                index: index as u32,
+                object: "embedding",
+                embedding,
+            }
+        })
+        .collect();
+    let id = format!("embd-{request_id}");
+    Ok(axum::Json(EmbeddingResponse {
+        id: &id,
+        object: "list",
+        created: unix_now(),
+        model: &model,
+        data,
+        usage: Usage::new(prompt_tokens, 0),
+    })
+    .into_response())
+}
