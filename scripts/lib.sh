@@ -1,0 +1,45 @@
+# Shared helpers for the project's scripts: install what is missing, nothing else.
+# Sourced, not run.
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "error: need root to run: $*  (install it by hand, then run this again)" >&2
+    return 1
+  fi
+}
+
+_apt_updated=
+apt_install() {
+  if [ -z "$_apt_updated" ]; then
+    as_root apt-get update -qq
+    _apt_updated=1
+  fi
+  echo "installing with apt-get: $*" >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# A C compiler and cmake: Pingora's zlib-ng build needs both.
+ensure_build_tools() {
+  local missing=()
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+}
+
+# A virtualenv in .venv with the Python test packages (the real OpenAI SDK among them).
+ensure_python_env() {
+  if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; rm -rf .venv; python3 -m venv .venv; }
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+}

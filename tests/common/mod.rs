@@ -1,0 +1,149 @@
+//! Starting real `mvllm` processes on loopback ephemeral ports for integration tests.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to print its address and answer /health.
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// A running `mvllm sim`, killed on drop.
+pub struct Sim {
+    child: Child,
+    pub url: String,
+}
+
+impl Sim {
+    /// Starts `mvllm sim --port 0 <args>` and waits until it answers /health.
+    pub async fn start(args: &[&str]) -> Sim {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mvllm"))
+            .args(["sim", "--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mvllm sim");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // The address line is the readiness signal: it is printed once the port is bound.
+        let url = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let line = lines.next()?.ok()?;
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            line.split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_string)
+        })
+        .await
+        .expect("reader thread")
+        .unwrap_or_else(|| panic!("mvllm sim {args:?} did not print its address"));
+        let sim = Sim { child, url };
+        sim.wait_healthy().await;
+        sim
+    }
+
+    async fn wait_healthy(&self) {
+        let client = client();
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sim at {} never became healthy",
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// The current value of one metric series, summed over engines.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let metric = series.split('{').next()?;
+                (metric == name)
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Polls a metric until `ok` accepts it (bounded; panics with the last value).
+    pub async fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(name).await;
+            if ok(value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{name} stuck at {value}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Runs `mvllm <args>` to completion; returns (exit code, stdout, stderr).
+pub fn run_mvllm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mvllm"))
+        .args(args)
+        .output()
+        .expect("run mvllm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Splits an SSE body into its `data:` payloads, checking the framing on the way: every event
+/// is exactly `data: <payload>\n\n`.
+pub fn sse_payloads(body: &str) -> Vec<String> {
+    assert!(
+        body.ends_with("\n\n"),
+        "body does not end an event: {body:?}"
+    );
+    body[..body.len() - 2]
+        .split("\n\n")
+        .map(|event| {
+            assert!(!event.contains('\n'), "multi-line event: {event:?}");
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("event without `data: `: {event:?}"))
+                .to_string()
+        })
+        .collect()
+}
