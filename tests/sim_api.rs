@@ -56,24 +56,10 @@ async fn health_version_and_model_cards() {
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "");
 
-    let version: Value = c
-        .get(sim.at("/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version: Value = sim.get_json("/version").await;
     assert!(version["version"].is_string());
 
-    let models: Value = c
-        .get(sim.at("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = sim.get_json("/v1/models").await;
     assert_eq!(models["object"], "list");
     let cards = models["data"].as_array().unwrap();
     let ids: Vec<&str> = cards.iter().map(|c| c["id"].as_str().unwrap()).collect();
@@ -485,9 +471,6 @@ async fn api_key_guards_v1_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        c.get(sim.at("/metrics")).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(c.get(sim.at("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(sim.get_status("/metrics").await, 200);
+    assert_eq!(sim.get_status("/health").await, 200);
 }

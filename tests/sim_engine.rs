@@ -138,14 +138,7 @@ async fn disconnecting_a_non_stream_request_frees_its_slot() {
     assert!(attempt.unwrap_err().is_timeout());
     sim.wait_metric("vllm:num_requests_running", |v| v == 0.0)
         .await;
-    let text = client()
-        .get(sim.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sim.get_text("/metrics").await;
     assert!(
         text.contains("finished_reason=\"abort\",model_name=\"mvllm/sim-model\"} 1.0"),
         "{text}"
@@ -166,14 +159,7 @@ async fn data_parallel_engines_report_their_own_series_and_share_load() {
     }
     sim.wait_metric("vllm:num_requests_running", |v| v == 6.0)
         .await;
-    let text = client()
-        .get(sim.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sim.get_text("/metrics").await;
     for engine in ["0", "1"] {
         let line = format!(
             "vllm:num_requests_running{{engine=\"{engine}\",model_name=\"mvllm/sim-model\"}} 3.0"

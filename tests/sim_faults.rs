@@ -117,14 +117,7 @@ async fn bad_fault_settings_are_refused_and_change_nothing() {
             .contains("error_rate"),
         "names the allowed fields"
     );
-    let current: Value = client()
-        .get(sim.at("/sim/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current: Value = sim.get_json("/sim/faults").await;
     assert_eq!(current["error_rate"], 0.0);
     assert_eq!(current["hang_rate"], 0.0);
 
@@ -169,15 +162,7 @@ async fn hang_never_answers_and_the_server_stays_up() {
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    assert_eq!(
-        client()
-            .get(sim.at("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(sim.get_status("/health").await, 200);
 }
 
 #[tokio::test]
@@ -190,15 +175,7 @@ async fn close_drops_the_connection_without_an_answer() {
         .await
         .unwrap_err();
     assert!(!err.is_timeout() && err.status().is_none(), "{err}");
-    assert_eq!(
-        client()
-            .get(sim.at("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(sim.get_status("/health").await, 200);
 }
 
 #[tokio::test]
@@ -266,14 +243,7 @@ async fn metrics_faults_garbage_empty_error_and_slow() {
 async fn reported_models_can_change_at_run_time() {
     let sim = Sim::start(&["--itl-ms", "0", "--served-model-name", "a"]).await;
     set_faults(&sim, json!({"models": ["b", "c"]})).await;
-    let models: Value = client()
-        .get(sim.at("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = sim.get_json("/v1/models").await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -281,20 +251,9 @@ async fn reported_models_can_change_at_run_time() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["b", "c"]);
-    let old = client()
-        .post(sim.at("/v1/chat/completions"))
-        .json(&json!({"model": "a", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(old.status(), 404);
-    let new = client()
-        .post(sim.at("/v1/chat/completions"))
-        .json(
-            &json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(new.status(), 200);
+    for (model, status) in [("a", 404), ("c", 200)] {
+        let request = json!({"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1});
+        let (got, _) = sim.post_json("/v1/chat/completions", &request).await;
+        assert_eq!(got, status, "model {model}");
+    }
 }

@@ -89,18 +89,7 @@ pub async fn chat(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let cut = match inject_faults(&state, kill.as_deref()).await {
-        Ok(cut) => cut,
-        Err(response) => return response,
-    };
-    let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
-    let response = match plan_chat(&state, &request_id, body) {
-        Ok((answer, requests, streaming)) => {
-            respond(&state, answer, requests, streaming, cut, kill.map(|k| k.0)).await
-        }
-        Err(error) => error.into_response(),
-    };
-    with_request_id(response, &request_id)
+    handle(Endpoint::Chat, state, kill.map(|k| k.0), headers, body).await
 }
 
 pub async fn completions(
@@ -109,14 +98,67 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let cut = match inject_faults(&state, kill.as_deref()).await {
+    handle(
+        Endpoint::Completions,
+        state,
+        kill.map(|k| k.0),
+        headers,
+        body,
+    )
+    .await
+}
+
+pub async fn embeddings(
+    State(state): State<Shared>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(
+        Endpoint::Embeddings,
+        state,
+        kill.map(|k| k.0),
+        headers,
+        body,
+    )
+    .await
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+/// What every inference endpoint does around its own work: faults first (a failing server
+/// fails before it reads anything), then the request id, then the answer.
+async fn handle(
+    endpoint: Endpoint,
+    state: Shared,
+    kill: Option<ConnKill>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let cut = match inject_faults(&state, kill.as_ref()).await {
         Ok(cut) => cut,
         Err(response) => return response,
     };
     let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
-    let response = match plan_completion(&state, &request_id, body) {
+    let planned = match endpoint {
+        Endpoint::Chat => plan_chat(&state, &request_id, body),
+        Endpoint::Completions => plan_completion(&state, &request_id, body),
+        Endpoint::Embeddings => {
+            let answer = embed(&state, &request_id, body).await;
+            return with_request_id(
+                answer.unwrap_or_else(IntoResponse::into_response),
+                &request_id,
+            );
+        }
+    };
+    let response = match planned {
         Ok((answer, requests, streaming)) => {
-            respond(&state, answer, requests, streaming, cut, kill.map(|k| k.0)).await
+            respond(&state, answer, requests, streaming, cut, kill).await
         }
         Err(error) => error.into_response(),
     };
@@ -544,23 +586,6 @@ fn stream_answer(
         Body::from_stream(body),
     )
         .into_response()
-}
-
-pub async fn embeddings(
-    State(state): State<Shared>,
-    kill: Option<Extension<ConnKill>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Err(response) = inject_faults(&state, kill.as_deref()).await {
-        return response;
-    }
-    let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
-    let response = match embed(&state, &request_id, body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    };
-    with_request_id(response, &request_id)
 }
 
 async fn embed(

@@ -19,6 +19,7 @@ impl Sim {
     pub async fn start(args: &[&str]) -> Sim {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mvllm"))
             .args(["sim", "--host", "127.0.0.1", "--port", "0"])
+            .env("RUST_LOG", "warn")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -65,16 +66,40 @@ impl Sim {
         format!("{}{}", self.url, path)
     }
 
-    /// The current value of one metric series, summed over engines.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
-            .get(self.at("/metrics"))
+    pub async fn get_status(&self, path: &str) -> u16 {
+        let response = client().get(self.at(path)).send().await.unwrap();
+        response.status().as_u16()
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = client().get(self.at(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = client().get(self.at(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// POSTs JSON; returns the status and the JSON answer.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = client()
+            .post(self.at(path))
+            .json(body)
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// The current value of one metric series, summed over engines.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get_text("/metrics").await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
