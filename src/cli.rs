@@ -1,6 +1,8 @@
 //! The `mvllm` command line.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::sim::SimArgs;
 
@@ -26,7 +28,14 @@ pub enum Command {
     /// Run the router and a small simulated cluster in one process.
     Demo,
     /// Check a servers.toml and say exactly what is wrong, where.
-    CheckConfig,
+    CheckConfig(ConfigArg),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The servers file.
+    #[arg(long, short, default_value = "servers.toml", env = "CONFIG_PATH")]
+    pub config: PathBuf,
 }

@@ -2,10 +2,12 @@
 //!
 //! Layout:
 //! - `cli`: the command line (`mvllm run | sim | demo | check-config | version`).
+//! - `config`: `servers.toml`, validated, with errors that say where.
 //! - `openai`: OpenAI-shaped error bodies, shared by every server in the binary.
 //! - `sim`: `mvllm sim`, a simulated vLLM server for tests, benchmarks and demos.
 
 pub mod cli;
+pub mod config;
 pub mod openai;
 pub mod sim;
 

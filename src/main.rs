@@ -12,10 +12,20 @@ fn main() -> ExitCode {
             println!("mvllm {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run | Command::Demo | Command::CheckConfig => {
+        Command::CheckConfig(arg) => match mvllm::config::Config::load(&arg.config) {
+            Ok(config) => {
+                print!("{}", config.describe());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run | Command::Demo => {
             eprintln!(
-                "mvllm: the router (`run`, `demo`, `check-config`) is not in this build yet; \
-                 `mvllm sim` is. See README.md."
+                "mvllm: the router (`run`, `demo`) is not in this build yet; \
+                 `mvllm sim`, `mvllm probe` and `mvllm check-config` are. See README.md."
             );
             ExitCode::from(2)
         }
