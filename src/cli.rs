@@ -29,6 +29,8 @@ pub enum Command {
     Demo,
     /// Check a servers.toml and say exactly what is wrong, where.
     CheckConfig(ConfigArg),
+    /// Show what the router would see of one server (models, load, health) and why.
+    Probe(crate::probe::ProbeArgs),
     /// Print the version.
     Version,
 }

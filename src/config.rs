@@ -549,7 +549,11 @@ health_check_consecutive_failures = 3
         let c = parse(include_str!("../servers.example.toml")).unwrap();
         assert_eq!(c.servers.len(), 3);
         assert!(c.ignored.is_empty(), "the example uses no ignored keys");
-        assert_eq!(c.settings, Settings::default(), "the example shows the defaults");
+        assert_eq!(
+            c.settings,
+            Settings::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]

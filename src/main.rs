@@ -7,11 +7,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Sim(args) => run_async(mvllm::sim::run(*args)),
-        Command::Version => {
-            println!("mvllm {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+        Command::Sim(args) => match block_on(mvllm::sim::run(*args)) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(error)) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
+            }
+            Err(code) => code,
+        },
+        Command::Probe(args) => match block_on(mvllm::probe::probe(&args)) {
+            Ok((report, routable)) => {
+                print!("{report}");
+                if routable {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(code) => code,
+        },
         Command::CheckConfig(arg) => match mvllm::config::Config::load(&arg.config) {
             Ok(config) => {
                 print!("{}", config.describe());
@@ -22,6 +36,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Version => {
+            println!("mvllm {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
         Command::Run | Command::Demo => {
             eprintln!(
                 "mvllm: the router (`run`, `demo`) is not in this build yet; \
@@ -41,19 +59,13 @@ fn init_logging() {
         .init();
 }
 
-fn run_async(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
+/// Runs a future on a new multi-threaded runtime; `Err` is the exit code if there is none.
+fn block_on<T>(job: impl std::future::Future<Output = T>) -> Result<T, ExitCode> {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => Ok(runtime.block_on(job)),
         Err(error) => {
             eprintln!("mvllm: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(job) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("{error:#}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
 }
