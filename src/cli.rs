@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the router in front of the servers in servers.toml.
-    Run,
+    Run(crate::run::RunArgs),
     /// Run a simulated vLLM server: same endpoints, streaming and /metrics as vLLM,
     /// with a continuous-batching engine model instead of a GPU.
     Sim(Box<SimArgs>),

@@ -40,11 +40,15 @@ fn main() -> ExitCode {
             println!("mvllm {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run | Command::Demo => {
-            eprintln!(
-                "mvllm: the router (`run`, `demo`) is not in this build yet; \
-                 `mvllm sim`, `mvllm probe` and `mvllm check-config` are. See README.md."
-            );
+        Command::Run(args) => match mvllm::run::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo => {
+            eprintln!("mvllm demo: not in this build yet");
             ExitCode::from(2)
         }
     }

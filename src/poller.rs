@@ -1,0 +1,129 @@
+//! The poller: a background service that keeps every backend's state current.
+//!
+//! - every `metrics_interval`: scrape each server's `/metrics`, concurrently, and feed the
+//!   health state machine (`cluster::Backend::scrape_succeeded` / `scrape_failed`);
+//! - every `health_check_interval`: refresh each server's `/v1/models` (and at every metrics
+//!   tick for servers that are not healthy, so a server that comes back with another model is
+//!   routed by its new list);
+//! - every `dns_refresh_interval`: resolve the servers' host names, so the request path never
+//!   does a DNS lookup.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::time::{interval, MissedTickBehavior};
+
+use crate::cluster::{Backend, Cluster};
+use crate::scrape::Scraper;
+
+pub struct Poller {
+    cluster: Arc<Cluster>,
+}
+
+impl Poller {
+    pub fn new(cluster: Arc<Cluster>) -> Poller {
+        Poller { cluster }
+    }
+
+    /// One round of `/metrics` scrapes.
+    pub async fn scrape_all(&self, scraper: &Scraper) {
+        let settings = self.cluster.settings();
+        let backends = self.cluster.backends();
+        join_all(backends.iter().map(|b| async {
+            if !b.is_healthy() {
+                refresh_models(b, scraper).await;
+            }
+            match scraper.load(&b.cfg.url, b.cfg.api_key.as_deref()).await {
+                Ok(load) => b.scrape_succeeded(load, &settings),
+                Err(e) => b.scrape_failed(format!("/metrics: {e}"), &settings),
+            }
+        }))
+        .await;
+    }
+
+    /// One round of `/v1/models` refreshes.
+    pub async fn refresh_models_all(&self, scraper: &Scraper) {
+        let backends = self.cluster.backends();
+        join_all(backends.iter().map(|b| refresh_models(b, scraper))).await;
+    }
+
+    /// Resolves every backend's host name.
+    pub async fn resolve_all(&self) {
+        let settings = self.cluster.settings();
+        let backends = self.cluster.backends();
+        join_all(backends.iter().map(|b| async {
+            match resolve(&b.cfg.host, b.cfg.port).await {
+                Ok(addr) => b.addr.store(Some(Arc::new(addr))),
+                Err(why) => {
+                    // Keep the last good address, if any: a DNS hiccup must not take a
+                    // working server out.
+                    tracing::warn!(server = %b.cfg.url, %why, "cannot resolve");
+                    if b.addr.load().is_none() {
+                        b.record_failure(why, &settings);
+                    }
+                }
+            }
+        }))
+        .await;
+    }
+}
+
+async fn refresh_models(backend: &Backend, scraper: &Scraper) {
+    match scraper
+        .models(&backend.cfg.url, backend.cfg.api_key.as_deref())
+        .await
+    {
+        Ok(models) => backend.set_models(models),
+        Err(e) => {
+            // The metrics scrape decides health; a model-list failure is only remembered.
+            backend
+                .last_error
+                .store(Some(Arc::new(format!("/v1/models: {e}"))));
+        }
+    }
+}
+
+/// The first address of `host:port`; IP literals need no lookup.
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}: no addresses"))
+}
+
+#[async_trait]
+impl BackgroundService for Poller {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let settings = self.cluster.settings();
+        let scraper = Scraper::new(settings.health_check_timeout);
+        self.resolve_all().await;
+        self.refresh_models_all(&scraper).await;
+
+        let mut metrics = interval(settings.metrics_interval);
+        let mut models = interval(settings.health_check_interval);
+        let mut dns = interval(settings.dns_refresh_interval);
+        for timer in [&mut metrics, &mut models, &mut dns] {
+            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        // The first tick of an interval is immediate; models and DNS were just done.
+        models.tick().await;
+        dns.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = metrics.tick() => self.scrape_all(&scraper).await,
+                _ = models.tick() => self.refresh_models_all(&scraper).await,
+                _ = dns.tick() => self.resolve_all().await,
+            }
+        }
+    }
+}
