@@ -8,6 +8,113 @@ use std::time::{Duration, Instant};
 /// How long a process may take to print its address and answer /health.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 
+/// Starts `mvllm <args>` and returns it with the first `http://` address it prints.
+fn spawn_with_address(args: &[String], marker: &'static str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mvllm"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mvllm");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if line.contains(marker) {
+            url = line
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_string);
+            break;
+        }
+    }
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    match url {
+        Some(url) => (child, url),
+        None => {
+            let _ = child.kill();
+            panic!("mvllm {args:?} did not print its address");
+        }
+    }
+}
+
+/// A running `mvllm run` over a generated servers.toml, killed on drop.
+pub struct RouterProcess {
+    child: Child,
+    pub url: String,
+    config: std::path::PathBuf,
+}
+
+impl RouterProcess {
+    /// Starts the router in front of `servers` ((url, capacity) pairs) with extra `[config]`
+    /// lines, and waits until every server is healthy in its /health.
+    pub async fn start(servers: &[(&str, u32)], config_lines: &str) -> RouterProcess {
+        let mut toml = String::from("[servers]\nservers = [\n");
+        for (url, capacity) in servers {
+            toml.push_str(&format!("  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"));
+        }
+        toml.push_str("]\n[config]\n");
+        toml.push_str(config_lines);
+        if !config_lines.contains("metrics_interval") {
+            toml.push_str("metrics_interval = 0.2\n");
+        }
+        let config = std::env::temp_dir().join(format!(
+            "mvllm-test-{}-{}.toml",
+            std::process::id(),
+            CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&config, toml).unwrap();
+        let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1", "--port", "0", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([config.to_string_lossy().into_owned()])
+            .collect();
+        let (child, url) = tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
+            .await
+            .unwrap();
+        let router = RouterProcess { child, url, config };
+        router.wait_healthy(servers.len()).await;
+        router
+    }
+
+    /// Waits until /health counts `n` healthy servers.
+    pub async fn wait_healthy(&self, n: usize) {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if let Ok(r) = client().get(self.at("/health")).send().await {
+                if let Ok(body) = r.json::<serde_json::Value>().await {
+                    if body["healthy_servers"] == n {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "router at {} never saw {n} healthy servers", self.url);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+static CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A running `mvllm sim`, killed on drop.
 pub struct Sim {
     child: Child,
@@ -17,31 +124,23 @@ pub struct Sim {
 impl Sim {
     /// Starts `mvllm sim --port 0 <args>` and waits until it answers /health.
     pub async fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mvllm"))
-            .args(["sim", "--host", "127.0.0.1", "--port", "0"])
-            .env("RUST_LOG", "warn")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mvllm sim");
-        let stdout = child.stdout.take().expect("piped stdout");
-        // The address line is the readiness signal: it is printed once the port is bound.
-        let url = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let line = lines.next()?.ok()?;
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            line.split_whitespace()
-                .find(|w| w.starts_with("http://"))
-                .map(str::to_string)
-        })
-        .await
-        .expect("reader thread")
-        .unwrap_or_else(|| panic!("mvllm sim {args:?} did not print its address"));
+        let args: Vec<String> = ["sim", "--host", "127.0.0.1", "--port", "0"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect();
+        let (child, url) = tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving"))
+            .await
+            .expect("reader thread");
         let sim = Sim { child, url };
         sim.wait_healthy().await;
         sim
+    }
+
+    /// Kills the process now (a server dying mid-test).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     async fn wait_healthy(&self) {
