@@ -26,7 +26,7 @@ pub enum Command {
     /// with a continuous-batching engine model instead of a GPU.
     Sim(Box<SimArgs>),
     /// Run the router and a small simulated cluster in one process.
-    Demo,
+    Demo(crate::demo::DemoArgs),
     /// Check a servers.toml and say exactly what is wrong, where.
     CheckConfig(ConfigArg),
     /// Show what the router would see of one server (models, load, health) and why.

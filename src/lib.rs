@@ -6,6 +6,7 @@
 //! - `cli`: the command line (`mvllm run | sim | demo | check-config | version`).
 //! - `cluster`: the backends' live state (health, load, models, in-flight requests).
 //! - `config`: `servers.toml`, validated, with errors that say where.
+//! - `demo`: `mvllm demo`, the router and three simulated servers in one process.
 //! - `forward`: one request to a backend, with retries and unbuffered streaming.
 //! - `openai`: OpenAI-shaped error bodies, shared by every server in the binary.
 //! - `poller`: background scrapes of /metrics and /v1/models, DNS refresh.
@@ -20,6 +21,7 @@ pub mod balance;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod forward;
 pub mod openai;
 pub mod poller;

@@ -47,10 +47,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo => {
-            eprintln!("mvllm demo: not in this build yet");
-            ExitCode::from(2)
-        }
+        Command::Demo(args) => match mvllm::demo::demo(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -141,7 +141,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// A free TCP port on `host` (for `--port 0`).
-fn free_port(host: &str) -> anyhow::Result<u16> {
+pub(crate) fn free_port(host: &str) -> anyhow::Result<u16> {
     let listener =
         TcpListener::bind((host, 0)).with_context(|| format!("cannot listen on {host}"))?;
     Ok(listener.local_addr()?.port())

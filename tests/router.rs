@@ -14,10 +14,18 @@ fn chat(model: &str, max_tokens: u32) -> Value {
 }
 
 async fn post(router: &RouterProcess, path: &str, body: &Value) -> (u16, Value) {
-    let r = client().post(router.at(path)).json(body).send().await.unwrap();
+    let r = client()
+        .post(router.at(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Requests a sim has completed (any finish reason), from its /metrics.
@@ -27,7 +35,15 @@ async fn served(sim: &Sim) -> f64 {
 
 #[tokio::test]
 async fn routes_by_model_and_answers_its_own_endpoints() {
-    let a = Sim::start(&["--served-model-name", "llama", "--lora-modules", "sql=/a", "--itl-ms", "1"]).await;
+    let a = Sim::start(&[
+        "--served-model-name",
+        "llama",
+        "--lora-modules",
+        "sql=/a",
+        "--itl-ms",
+        "1",
+    ])
+    .await;
     let b = Sim::start(&["--served-model-name", "qwen", "--itl-ms", "1"]).await;
     let router = RouterProcess::start(&[(&a.url, 4), (&b.url, 4)], "").await;
 
@@ -41,15 +57,36 @@ async fn routes_by_model_and_answers_its_own_endpoints() {
     assert_eq!(served(&a).await, 5.0, "only the LoRA requests went to a");
     assert_eq!(served(&b).await, 5.0, "only the qwen requests went to b");
 
-    let models: Value = client().get(router.at("/v1/models")).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let models: Value = client()
+        .get(router.at("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["llama", "sql", "qwen"]);
-    assert_eq!(models["data"][1]["parent"], "llama", "vLLM's card fields are kept");
+    assert_eq!(
+        models["data"][1]["parent"], "llama",
+        "vLLM's card fields are kept"
+    );
 
     let (status, body) = post(&router, "/v1/chat/completions", &chat("gpt-4", 2)).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["param"], "model");
-    assert!(body["error"]["message"].as_str().unwrap().contains("llama, qwen, sql"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("llama, qwen, sql"),
+        "{body}"
+    );
 
     let health = client().get(router.at("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -57,7 +94,14 @@ async fn routes_by_model_and_answers_its_own_endpoints() {
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["servers"][1]["models"], json!(["qwen"]));
 
-    let stats: Value = client().get(router.at("/load-stats")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = client()
+        .get(router.at("/load-stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["summary"]["total_capacity"], 8);
     assert_eq!(stats["servers"][0]["max_capacity"], 4);
 
@@ -85,11 +129,26 @@ async fn malformed_json_is_400_and_costs_the_server_nothing() {
     }
     // A 4xx from the backend itself (prompt too long) is passed on and not held against it.
     for _ in 0..5 {
-        let (status, body) = post(&router, "/v1/completions", &json!({"prompt": "x", "max_tokens": 100000})).await;
+        let (status, body) = post(
+            &router,
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 100000}),
+        )
+        .await;
         assert_eq!(status, 400, "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("maximum context length"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length"));
     }
-    let health: Value = client().get(router.at("/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = client()
+        .get(router.at("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["healthy_servers"], 1);
     assert_eq!(health["servers"][0]["consecutive_failures"], 0);
     assert_eq!(served(&a).await, 0.0, "nothing malformed was forwarded");
@@ -100,10 +159,17 @@ async fn a_burst_splits_by_capacity() {
     let small = Sim::start(&["--itl-ms", "20", "--max-num-seqs", "64"]).await;
     let large = Sim::start(&["--itl-ms", "20", "--max-num-seqs", "64"]).await;
     // A long poll interval: the split must come from the router's own accounting.
-    let router = RouterProcess::start(&[(&small.url, 4), (&large.url, 16)], "metrics_interval = 30\n").await;
+    let router = RouterProcess::start(
+        &[(&small.url, 4), (&large.url, 16)],
+        "metrics_interval = 30\n",
+    )
+    .await;
     let requests: Vec<_> = (0..40)
         .map(|_| {
-            let r = client().post(router.at("/v1/chat/completions")).json(&chat("mvllm/sim-model", 10)).send();
+            let r = client()
+                .post(router.at("/v1/chat/completions"))
+                .json(&chat("mvllm/sim-model", 10))
+                .send();
             tokio::spawn(r)
         })
         .collect();
@@ -130,12 +196,25 @@ fn body_of_size(size: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn large_bodies_arrive_intact_also_on_retry() {
-    let flags = ["--itl-ms", "0", "--prefill-us-per-token", "0", "--max-model-len", "2000000", "--num-gpu-blocks", "200000"];
+    let flags = [
+        "--itl-ms",
+        "0",
+        "--prefill-us-per-token",
+        "0",
+        "--max-model-len",
+        "2000000",
+        "--num-gpu-blocks",
+        "200000",
+    ];
     let good = Sim::start(&flags).await;
     let mut failing_flags = flags.to_vec();
     failing_flags.extend(["--fault-error-rate", "1", "--fault-error-status", "503"]);
     let failing = Sim::start(&failing_flags).await;
-    let router = RouterProcess::start(&[(&good.url, 4), (&failing.url, 4)], "failure_threshold = 100\n").await;
+    let router = RouterProcess::start(
+        &[(&good.url, 4), (&failing.url, 4)],
+        "failure_threshold = 100\n",
+    )
+    .await;
 
     for size in [65_536, 65_537, 4 << 20] {
         let body = body_of_size(size);
@@ -162,7 +241,10 @@ async fn large_bodies_arrive_intact_also_on_retry() {
                 .unwrap();
             assert_eq!(r.status(), 200, "size {size}");
             let answer: Value = r.json().await.unwrap();
-            assert_eq!(&answer["usage"]["prompt_tokens"], expected, "size {size}: the body changed on the way");
+            assert_eq!(
+                &answer["usage"]["prompt_tokens"], expected,
+                "size {size}: the body changed on the way"
+            );
         }
     }
     let failing_saw = failing.metric("vllm:prompt_tokens_total").await;
@@ -197,23 +279,47 @@ async fn errors_and_hangs_are_retried_on_another_server() {
     .await;
     for _ in 0..6 {
         let started = Instant::now();
-        let (status, body) = post(&router, "/v1/chat/completions", &chat("mvllm/sim-model", 2)).await;
+        let (status, body) =
+            post(&router, "/v1/chat/completions", &chat("mvllm/sim-model", 2)).await;
         assert_eq!(status, 200, "{body}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     // The broken and hanging servers are marked unhealthy by those failures.
-    let health: Value = client().get(router.at("/health")).send().await.unwrap().json().await.unwrap();
-    let healthy: Vec<bool> = health["servers"].as_array().unwrap().iter().map(|s| s["healthy"].as_bool().unwrap()).collect();
+    let health: Value = client()
+        .get(router.at("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let healthy: Vec<bool> = health["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["healthy"].as_bool().unwrap())
+        .collect();
     assert!(healthy[0]);
 }
 
 #[tokio::test]
 async fn when_every_server_fails_the_last_error_is_returned() {
-    let broken = Sim::start(&["--itl-ms", "1", "--fault-error-rate", "1", "--fault-error-status", "503"]).await;
+    let broken = Sim::start(&[
+        "--itl-ms",
+        "1",
+        "--fault-error-rate",
+        "1",
+        "--fault-error-status",
+        "503",
+    ])
+    .await;
     let router = RouterProcess::start(&[(&broken.url, 4)], "failure_threshold = 100\n").await;
     let (status, body) = post(&router, "/v1/chat/completions", &chat("mvllm/sim-model", 2)).await;
     assert_eq!(status, 503);
-    assert!(body["error"]["message"].as_str().unwrap().contains("busy"), "the backend's own error: {body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("busy"),
+        "the backend's own error: {body}"
+    );
 }
 
 #[tokio::test]
@@ -226,7 +332,12 @@ async fn a_server_killed_mid_test_costs_no_request() {
         let url = router.at("/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(i * 10)).await;
-            client().post(url).json(&chat("mvllm/sim-model", 20)).send().await.map(|r| r.status().as_u16())
+            client()
+                .post(url)
+                .json(&chat("mvllm/sim-model", 20))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
         }));
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -243,7 +354,12 @@ async fn no_healthy_server_is_503_with_retry_after() {
     let router = RouterProcess::start(&[(&only.url, 4)], "").await;
     only.kill();
     router.wait_healthy(0).await;
-    let r = client().post(router.at("/v1/chat/completions")).json(&chat("mvllm/sim-model", 1)).send().await.unwrap();
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .json(&chat("mvllm/sim-model", 1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let health = client().get(router.at("/health")).send().await.unwrap();
@@ -255,7 +371,8 @@ async fn streams_are_not_buffered() {
     // 300 ms per token: buffering anything would show as whole token intervals.
     let slow = Sim::start(&["--itl-ms", "300", "--batch-slope", "0"]).await;
     let router = RouterProcess::start(&[(&slow.url, 4)], "").await;
-    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": true});
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": true});
 
     async fn first_token_and_total(url: String, body: &Value) -> (Duration, Duration, String) {
         let started = Instant::now();
@@ -271,12 +388,23 @@ async fn streams_are_not_buffered() {
         }
         (first.expect("a content chunk"), started.elapsed(), text)
     }
-    let (direct_first, _, direct_text) = first_token_and_total(slow.at("/v1/chat/completions"), &body).await;
-    let (routed_first, routed_total, routed_text) = first_token_and_total(router.at("/v1/chat/completions"), &body).await;
+    let (direct_first, _, direct_text) =
+        first_token_and_total(slow.at("/v1/chat/completions"), &body).await;
+    let (routed_first, routed_total, routed_text) =
+        first_token_and_total(router.at("/v1/chat/completions"), &body).await;
     println!("first token: direct {direct_first:?}, through the router {routed_first:?}");
-    assert!(routed_first < direct_first + Duration::from_millis(100), "{routed_first:?} vs {direct_first:?}");
-    assert!(routed_first < routed_total - Duration::from_millis(500), "the first token came long before the end");
-    assert_eq!(sse_payloads(&routed_text).len(), sse_payloads(&direct_text).len());
+    assert!(
+        routed_first < direct_first + Duration::from_millis(100),
+        "{routed_first:?} vs {direct_first:?}"
+    );
+    assert!(
+        routed_first < routed_total - Duration::from_millis(500),
+        "the first token came long before the end"
+    );
+    assert_eq!(
+        sse_payloads(&routed_text).len(),
+        sse_payloads(&direct_text).len()
+    );
     assert!(routed_text.ends_with("data: [DONE]\n\n"));
 }
 
@@ -285,18 +413,84 @@ async fn client_disconnect_frees_the_backend_slot() {
     let sim = Sim::start(&["--itl-ms", "10", "--max-num-seqs", "1"]).await;
     let router = RouterProcess::start(&[(&sim.url, 4)], "").await;
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000, "stream": true});
-    let r = client().post(router.at("/v1/chat/completions")).json(&body).send().await.unwrap();
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let mut stream = r.bytes_stream();
     stream.next().await.unwrap().unwrap();
     assert_eq!(sim.metric("vllm:num_requests_running").await, 1.0);
     drop(stream);
-    sim.wait_metric("vllm:num_requests_running", |v| v == 0.0).await;
+    sim.wait_metric("vllm:num_requests_running", |v| v == 0.0)
+        .await;
 
     // The same for a request still waiting for its first byte.
-    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(300)).build().unwrap();
-    let err = impatient.post(router.at("/v1/completions")).json(&json!({"prompt": "x", "max_tokens": 5000})).send().await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = impatient
+        .post(router.at("/v1/completions"))
+        .json(&json!({"prompt": "x", "max_tokens": 5000}))
+        .send()
+        .await;
     assert!(err.is_err());
-    sim.wait_metric("vllm:num_requests_running", |v| v == 0.0).await;
-    let stats: Value = client().get(router.at("/load-stats")).send().await.unwrap().json().await.unwrap();
+    sim.wait_metric("vllm:num_requests_running", |v| v == 0.0)
+        .await;
+    let stats: Value = client()
+        .get(router.at("/load-stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["servers"][0]["router_in_flight"], 0);
+}
+
+fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_streams_finish_then_exits() {
+    let sim = Sim::start(&["--itl-ms", "100", "--batch-slope", "0"]).await;
+    let mut router = RouterProcess::start(&[(&sim.url, 4)], "").await;
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "stream": true});
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+    sigterm(router.pid());
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "the stream finished: {text}"
+    );
+    let exited = router.wait_exit(Duration::from_secs(5)).await;
+    assert!(exited, "the router exits once nothing is in flight");
+}
+
+#[tokio::test]
+async fn demo_runs_a_cluster_and_stops_on_sigterm() {
+    let mut demo = RouterProcess::spawn_demo().await;
+    demo.wait_healthy(3).await;
+    let (status, body) = post(&demo, "/v1/chat/completions", &chat("demo-qwen", 3)).await;
+    assert_eq!(status, 200, "{body}");
+    sigterm(demo.pid());
+    assert!(demo.wait_exit(Duration::from_secs(5)).await);
 }

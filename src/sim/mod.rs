@@ -37,15 +37,28 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     let cfg = args
         .validate()
         .map_err(|e| anyhow::anyhow!("mvllm sim: {e}"))?;
+    let names = cfg.served_model_names.join(", ");
+    let (address, serving) = bind(cfg).await?;
+    // Tests and scripts wait for this line to learn the address (with --port 0).
+    println!("mvllm sim: serving {names} on http://{address}");
+    tokio::select! {
+        () = serving => {}
+        () = crate::shutdown_signal() => {}
+    }
+    tracing::info!("mvllm sim: stopped");
+    Ok(())
+}
+
+/// Binds a simulated server and starts its engines on the current runtime; the returned
+/// future serves connections until dropped.
+pub async fn bind(
+    cfg: args::SimConfig,
+) -> anyhow::Result<(std::net::SocketAddr, impl std::future::Future<Output = ()>)> {
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
         .with_context(|| format!("mvllm sim: cannot listen on {}:{}", cfg.host, cfg.port))?;
     let address = listener.local_addr()?;
-    let names = cfg.served_model_names.join(", ");
     let state = server::SimState::start(cfg);
-    // Tests and scripts wait for this line to learn the address (with --port 0).
-    println!("mvllm sim: serving {names} on http://{address}");
-    server::serve(listener, server::router(state), crate::shutdown_signal()).await;
-    tracing::info!("mvllm sim: stopped");
-    Ok(())
+    let serving = server::serve(listener, server::router(state), std::future::pending());
+    Ok((address, serving))
 }

@@ -54,7 +54,9 @@ impl RouterProcess {
     pub async fn start(servers: &[(&str, u32)], config_lines: &str) -> RouterProcess {
         let mut toml = String::from("[servers]\nservers = [\n");
         for (url, capacity) in servers {
-            toml.push_str(&format!("  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"));
+            toml.push_str(&format!(
+                "  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"
+            ));
         }
         toml.push_str("]\n[config]\n");
         toml.push_str(config_lines);
@@ -67,14 +69,23 @@ impl RouterProcess {
             CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&config, toml).unwrap();
-        let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1", "--port", "0", "--config"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([config.to_string_lossy().into_owned()])
-            .collect();
-        let (child, url) = tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
-            .await
-            .unwrap();
+        let args: Vec<String> = [
+            "run",
+            "--console",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--config",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([config.to_string_lossy().into_owned()])
+        .collect();
+        let (child, url) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
+                .await
+                .unwrap();
         let router = RouterProcess { child, url, config };
         router.wait_healthy(servers.len()).await;
         router
@@ -91,7 +102,11 @@ impl RouterProcess {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "router at {} never saw {n} healthy servers", self.url);
+            assert!(
+                Instant::now() < deadline,
+                "router at {} never saw {n} healthy servers",
+                self.url
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -102,6 +117,35 @@ impl RouterProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Starts `mvllm demo --port 0`.
+    pub async fn spawn_demo() -> RouterProcess {
+        let args: Vec<String> = ["demo", "--port", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (child, url) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
+                .await
+                .unwrap();
+        RouterProcess {
+            child,
+            url,
+            config: std::path::PathBuf::new(),
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 }
 
@@ -129,9 +173,10 @@ impl Sim {
             .chain(args)
             .map(|s| s.to_string())
             .collect();
-        let (child, url) = tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving"))
-            .await
-            .expect("reader thread");
+        let (child, url) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving"))
+                .await
+                .expect("reader thread");
         let sim = Sim { child, url };
         sim.wait_healthy().await;
         sim

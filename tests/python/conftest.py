@@ -16,11 +16,13 @@ BINARY = os.environ.get("MVLLM_BIN", str(ROOT / "target" / "debug" / "mvllm"))
 class Process:
     """A running `mvllm` subcommand whose first stdout line names its URL."""
 
-    def __init__(self, args):
+    def __init__(self, args, ready=None):
+        """`ready` decides from the /health body whether the process is ready (default: 200)."""
         self.proc = subprocess.Popen(
             [BINARY, *args],
             stdout=subprocess.PIPE,
             stderr=None,
+            env={**os.environ, "RUST_LOG": "warn"},
             text=True,
         )
         line = self.proc.stdout.readline()
@@ -31,14 +33,15 @@ class Process:
         self.url = urls[0]
         # Keep draining stdout so the process never blocks on a full pipe.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        self._wait_healthy()
+        self._wait_ready(ready)
 
-    def _wait_healthy(self):
+    def _wait_ready(self, ready):
         deadline = time.monotonic() + 20
         while True:
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
+                    body = r.read().decode()
+                    if r.status == 200 and (ready is None or ready(body)):
                         return
             except OSError:
                 pass
