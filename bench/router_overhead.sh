@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# What the router adds, measured against going straight to a backend, in one run on one
+# machine (release builds; wrk on loopback).
+#
+#   bash bench/router_overhead.sh        # ~1 minute; installs wrk if missing
+#
+# A. Throughput and latency of short chat requests (4 tokens at 1 ms), 32 connections:
+#    straight to one simulated server vs through the router in front of that same server
+#    (so the difference is what the router adds). Also the router's CPU time per request and
+#    its peak memory.
+# B. Time to first token of a slow stream (one token every 200 ms), 20 requests each:
+#    straight vs through the router.
+# C. A burst of 40 simultaneous requests over servers of capacity 4 and 16: how it splits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_build_tools
+command -v wrk >/dev/null || apt_install wrk
+cargo build --release --quiet --bins
+BIN=target/release/mvllm
+DURATION=${DURATION:-10}
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+# start NAME ARGS...: runs mvllm with ARGS, waits for its address, sets URL_<NAME> and PID_<NAME>.
+start() {
+  local name=$1; shift
+  "$BIN" "$@" >"$TMP/$name.out" 2>/dev/null &
+  local pid=$!
+  PIDS+=("$pid")
+  local url=""
+  for _ in $(seq 200); do
+    url=$(grep -o 'http://[0-9.:]*' "$TMP/$name.out" | head -1 || true)
+    [ -n "$url" ] && curl -s -o /dev/null "$url/health" && break
+    sleep 0.05
+  done
+  [ -n "$url" ] || { echo "$name did not start" >&2; exit 1; }
+  printf -v "URL_$name" '%s' "$url"
+  printf -v "PID_$name" '%s' "$pid"
+}
+wait_healthy() { # URL N
+  for _ in $(seq 200); do
+    [ "$(curl -s "$1/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["healthy_servers"])' 2>/dev/null)" = "$2" ] && return 0
+    sleep 0.05
+  done
+  echo "router never saw $2 healthy servers" >&2; exit 1
+}
+router_for() { # NAME "URL CAPACITY"... [-- extra config line]
+  local name=$1; shift
+  local n=0 extra=""
+  { echo "[servers]"; echo "servers = ["
+    while [ $# -gt 0 ]; do
+      if [ "$1" = "--" ]; then extra=$2; break; fi
+      set -- $1 "${@:2}"
+      echo "  { url = \"$1\", max_concurrent_requests = $2 },"; n=$((n + 1)); shift 2
+    done
+    echo "]"; echo "[config]"; echo "$extra"; } > "$TMP/$name.toml"
+  start "$name" run --console --host 127.0.0.1 --port 0 --config "$TMP/$name.toml"
+  local var="URL_$name"; wait_healthy "${!var}" "$n"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+TICKS=$(getconf CLK_TCK)
+BODY='{"model":"mvllm/sim-model","messages":[{"role":"user","content":"Say hi"}],"max_tokens":4}'
+wrk_run() { BODY=$BODY wrk -t1 -c32 -d"${DURATION}s" --latency -s bench/post.lua "$1/v1/chat/completions"; }
+field() { awk -v k="$1" '$1 == k {print $2}' "$2"; }
+
+echo "== A. short requests, 32 connections, ${DURATION}s each"
+start simA sim --host 127.0.0.1 --port 0 --itl-ms 1 --prefill-us-per-token 0
+router_for R "$URL_simA 256"
+wrk_run "$URL_simA" > "$TMP/direct.txt"
+t0=$(cpu_ticks "$PID_R")
+wrk_run "$URL_R" > "$TMP/router.txt"
+t1=$(cpu_ticks "$PID_R")
+for f in direct router; do
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/$f.txt")
+  p50=$(field 50% "$TMP/$f.txt"); p99=$(field 99% "$TMP/$f.txt")
+  errors=$(grep -o 'non-200 answers: [0-9]*' "$TMP/$f.txt")
+  printf '  %-7s %9s req/s   p50 %8s   p99 %8s   %s\n' "$f" "$rps" "$p50" "$p99" "$errors"
+done
+requests=$(awk '/requests in/ {print $1}' "$TMP/router.txt")
+python3 - "$TMP/direct.txt" "$TMP/router.txt" "$((t1 - t0))" "$TICKS" "$requests" <<'PY'
+import re, sys
+def rps(path): return float(re.search(r"Requests/sec:\s+([\d.]+)", open(path).read()).group(1))
+direct, router, ticks, hz, n = rps(sys.argv[1]), rps(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print(f"  router/direct throughput: {router / direct:.2f}x")
+print(f"  router CPU: {ticks / hz:.2f} s for {n} requests = {ticks / hz / n * 1e6:.0f} us per request")
+PY
+echo "  router peak RSS: $(peak_rss_mb "$PID_R") MiB"
+
+echo
+echo "== B. time to first token, one token per 200 ms (median / p90 of 20, in ms)"
+start slow sim --host 127.0.0.1 --port 0 --itl-ms 200 --batch-slope 0
+router_for RS "$URL_slow 4"
+echo "  direct:        $(python3 bench/ttft.py "$URL_slow" 20)"
+echo "  through router: $(python3 bench/ttft.py "$URL_RS" 20)"
+
+echo
+echo "== C. burst of 40 simultaneous requests over capacities 4 and 16"
+start small sim --host 127.0.0.1 --port 0 --itl-ms 20 --max-num-seqs 64
+start large sim --host 127.0.0.1 --port 0 --itl-ms 20 --max-num-seqs 64
+router_for RB "$URL_small 4" "$URL_large 16" -- "metrics_interval = 30"
+for _ in $(seq 40); do
+  curl -s -o /dev/null "$URL_RB/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"mvllm/sim-model","messages":[{"role":"user","content":"hi"}],"max_tokens":10}' &
+done
+wait_curls() { while [ "$(jobs -rp | wc -l)" -gt 0 ]; do sleep 0.05; done; }
+count() { curl -s "$1/metrics" | awk '/^vllm:request_success_total\{/ {s += $2} END {print s}'; }
+for _ in $(seq 100); do
+  [ "$(( $(count "$URL_small" | cut -d. -f1) + $(count "$URL_large" | cut -d. -f1) ))" -ge 40 ] && break
+  sleep 0.1
+done
+echo "  split small:large = $(count "$URL_small"):$(count "$URL_large") (ideal 8:32)"
