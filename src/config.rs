@@ -188,10 +188,18 @@ impl Config {
                 .replace("expected f64", "expected a number")
                 .replace("expected i64", "expected a whole number");
             let place = match e.span() {
-                Some(span) => match key_before(text, span.start) {
-                    Some(key) => format!("line {}, key {key}: ", line_of(text, span.start)),
-                    None => format!("line {}: ", line_of(text, span.start)),
-                },
+                Some(span) => {
+                    // A value's error names the key before it; a key's error (a duplicate,
+                    // say) spans the key itself.
+                    let spanned = text
+                        .get(span.clone())
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty() && k.len() <= 64 && !k.contains(['\n', '=']));
+                    match key_before(text, span.start).or(spanned) {
+                        Some(key) => format!("line {}, key {key}: ", line_of(text, span.start)),
+                        None => format!("line {}: ", line_of(text, span.start)),
+                    }
+                }
                 None => String::new(),
             };
             error(format!("{place}{message}"))
@@ -592,6 +600,12 @@ health_check_consecutive_failures = 3
         assert!(
             in_table.contains("line 2, key max_concurrent_requests: invalid type"),
             "{in_table}"
+        );
+
+        let twice = parse("[config]\nmax_retries = 1\nmax_retries = 2\n").unwrap_err();
+        assert!(
+            twice.starts_with("servers.toml: line 3, key max_retries: duplicate key"),
+            "{twice}"
         );
 
         let range = parse("[config]\nmax_retries = -1\n").unwrap_err();

@@ -52,6 +52,16 @@ impl RouterProcess {
     /// Starts the router in front of `servers` ((url, capacity) pairs) with extra `[config]`
     /// lines, and waits until every server is healthy in its /health.
     pub async fn start(servers: &[(&str, u32)], config_lines: &str) -> RouterProcess {
+        Self::start_with(servers, config_lines, 0, &[]).await
+    }
+
+    /// Like `start`, on `port` (0: any free port) and with extra `mvllm run` arguments.
+    pub async fn start_with(
+        servers: &[(&str, u32)],
+        config_lines: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> RouterProcess {
         let mut toml = String::from("[servers]\nservers = [\n");
         for (url, capacity) in servers {
             toml.push_str(&format!(
@@ -69,19 +79,16 @@ impl RouterProcess {
             CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&config, toml).unwrap();
-        let args: Vec<String> = [
-            "run",
-            "--console",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([config.to_string_lossy().into_owned()])
-        .collect();
+        let port = port.to_string();
+        let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1", "--port", &port]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .chain([
+                "--config".to_string(),
+                config.to_string_lossy().into_owned(),
+            ])
+            .collect();
         let (child, url) =
             tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
                 .await
@@ -117,6 +124,28 @@ impl RouterProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Starts another router with the same servers file (e.g. with `--upgrade`).
+    pub async fn spawn_sibling(&self, args: &[&str]) -> RouterProcess {
+        let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .chain([
+                "--config".to_string(),
+                self.config.to_string_lossy().into_owned(),
+            ])
+            .collect();
+        let (child, url) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
+                .await
+                .unwrap();
+        RouterProcess {
+            child,
+            url,
+            config: std::path::PathBuf::new(),
+        }
     }
 
     /// Starts `mvllm demo --port 0`.
