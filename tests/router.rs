@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, sse_payloads, RouterProcess, Sim};
+use common::{client, get_json, sse_payloads, RouterProcess, Sim};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -57,14 +57,7 @@ async fn routes_by_model_and_answers_its_own_endpoints() {
     assert_eq!(served(&a).await, 5.0, "only the LoRA requests went to a");
     assert_eq!(served(&b).await, 5.0, "only the qwen requests went to b");
 
-    let models: Value = client()
-        .get(router.at("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(router.at("/v1/models")).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -94,14 +87,7 @@ async fn routes_by_model_and_answers_its_own_endpoints() {
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["servers"][1]["models"], json!(["qwen"]));
 
-    let stats: Value = client()
-        .get(router.at("/load-stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(router.at("/load-stats")).await;
     assert_eq!(stats["summary"]["total_capacity"], 8);
     assert_eq!(stats["servers"][0]["max_capacity"], 4);
 
@@ -141,14 +127,7 @@ async fn malformed_json_is_400_and_costs_the_server_nothing() {
             .unwrap()
             .contains("maximum context length"));
     }
-    let health: Value = client()
-        .get(router.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(router.at("/health")).await;
     assert_eq!(health["healthy_servers"], 1);
     assert_eq!(health["servers"][0]["consecutive_failures"], 0);
     assert_eq!(served(&a).await, 0.0, "nothing malformed was forwarded");
@@ -285,14 +264,7 @@ async fn errors_and_hangs_are_retried_on_another_server() {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     // The broken and hanging servers are marked unhealthy by those failures.
-    let health: Value = client()
-        .get(router.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(router.at("/health")).await;
     let healthy: Vec<bool> = health["servers"]
         .as_array()
         .unwrap()
@@ -440,14 +412,7 @@ async fn client_disconnect_frees_the_backend_slot() {
     assert!(err.is_err());
     sim.wait_metric("vllm:num_requests_running", |v| v == 0.0)
         .await;
-    let stats: Value = client()
-        .get(router.at("/load-stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(router.at("/load-stats")).await;
     assert_eq!(stats["servers"][0]["router_in_flight"], 0);
 }
 

@@ -100,22 +100,20 @@ impl RouterProcess {
 
     /// Waits until /health counts `n` healthy servers.
     pub async fn wait_healthy(&self, n: usize) {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if let Ok(r) = client().get(self.at("/health")).send().await {
-                if let Ok(body) = r.json::<serde_json::Value>().await {
-                    if body["healthy_servers"] == n {
-                        return;
-                    }
+        let url = self.at("/health");
+        poll_until(
+            format!("router at {} never saw {n} healthy servers", self.url),
+            || async {
+                match client().get(&url).send().await {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|b| b["healthy_servers"] == n),
+                    Err(_) => false,
                 }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "router at {} never saw {n} healthy servers",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            },
+        )
+        .await;
     }
 
     pub fn at(&self, path: &str) -> String {
@@ -218,21 +216,18 @@ impl Sim {
     }
 
     async fn wait_healthy(&self) {
-        let client = client();
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sim at {} never became healthy",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let url = self.at("/health");
+        poll_until(
+            format!("sim at {} never became healthy", self.url),
+            || async {
+                client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
     }
 
     pub fn at(&self, path: &str) -> String {
@@ -303,6 +298,25 @@ impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// GETs a URL and parses its JSON answer.
+pub async fn get_json(url: String) -> serde_json::Value {
+    let response = client().get(url).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
+/// Polls `ready` every 20 ms until it holds; panics after `STARTUP_LIMIT` with `what`.
+async fn poll_until<F, Fut>(what: String, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
