@@ -64,6 +64,33 @@ impl Backend {
         }
     }
 
+    /// A backend for a changed entry of a reloaded config, starting from the state the old
+    /// entry had (health, load, models), so a capacity edit does not take a server out.
+    pub fn carrying_over(cfg: ServerConfig, old: &Backend) -> Backend {
+        let same_address = cfg.host == old.cfg.host && cfg.port == old.cfg.port;
+        let backend = Backend::new(cfg);
+        if same_address {
+            backend.addr.store(old.addr.load_full());
+        }
+        backend.healthy.store(old.healthy.load(Relaxed), Relaxed);
+        backend
+            .ever_healthy
+            .store(old.ever_healthy.load(Relaxed), Relaxed);
+        backend
+            .consecutive_failures
+            .store(old.consecutive_failures.load(Relaxed), Relaxed);
+        backend
+            .consecutive_successes
+            .store(old.consecutive_successes.load(Relaxed), Relaxed);
+        backend.load.store(old.load.load_full());
+        backend.models.store(old.models.load_full());
+        backend
+            .last_check_ms
+            .store(old.last_check_ms.load(Relaxed), Relaxed);
+        backend.last_error.store(old.last_error.load_full());
+        backend
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Relaxed)
     }
@@ -227,7 +254,42 @@ impl Cluster {
         self.backends.load()
     }
 
-    /// Replaces the set of backends (tests, and config reloads).
+    /// Applies a reloaded config: unchanged servers keep their state, changed ones carry it
+    /// over, new ones start unchecked, removed ones go (their in-flight requests finish).
+    /// Returns a one-line summary.
+    pub fn apply(&self, config: crate::config::Config) -> String {
+        let old = self.backends.load_full();
+        let (mut added, mut changed, mut kept) = (0, 0, 0);
+        let next: Vec<Arc<Backend>> = config
+            .servers
+            .into_iter()
+            .map(
+                |server| match old.iter().find(|b| b.cfg.url == server.url) {
+                    Some(b) if b.cfg == server => {
+                        kept += 1;
+                        Arc::clone(b)
+                    }
+                    Some(b) => {
+                        changed += 1;
+                        Arc::new(Backend::carrying_over(server, b))
+                    }
+                    None => {
+                        added += 1;
+                        Arc::new(Backend::new(server))
+                    }
+                },
+            )
+            .collect();
+        let removed = old
+            .iter()
+            .filter(|b| !next.iter().any(|n| n.cfg.url == b.cfg.url))
+            .count();
+        self.settings.store(Arc::new(config.settings));
+        self.backends.store(Arc::new(next));
+        format!("{added} added, {removed} removed, {changed} changed, {kept} unchanged")
+    }
+
+    /// Replaces the set of backends (tests).
     pub fn replace_backends(&self, backends: Vec<Arc<Backend>>) {
         self.backends.store(Arc::new(backends));
     }
@@ -304,6 +366,31 @@ pub(crate) mod tests {
         assert!(!b.is_healthy(), "one success is not enough");
         b.scrape_succeeded(sample(0.0, 0.0), &settings);
         assert!(b.is_healthy());
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_servers_and_carries_state_over() {
+        let a = healthy("http://a", 4, &["m"], 1.0);
+        let b = healthy("http://b", 4, &["m"], 0.0);
+        let cluster = Cluster::new(vec![], Settings::default());
+        cluster.replace_backends(vec![Arc::clone(&a), Arc::clone(&b)]);
+        let mut a_bigger = a.cfg.clone();
+        a_bigger.max_concurrent_requests = 8;
+        let config = crate::config::Config {
+            source: "servers.toml".into(),
+            servers: vec![a_bigger, server("http://c", 2)],
+            settings: Settings::default(),
+            ignored: vec![],
+        };
+        assert_eq!(
+            cluster.apply(config),
+            "1 added, 1 removed, 1 changed, 0 unchanged"
+        );
+        let now = cluster.backends();
+        assert_eq!(now.len(), 2);
+        assert!(now[0].is_healthy(), "the capacity edit kept a's health");
+        assert_eq!(now[0].score(), 1.0 / 8.0);
+        assert!(!now[1].is_healthy(), "c waits for its first scrape");
     }
 
     #[test]

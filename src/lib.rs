@@ -14,6 +14,7 @@
 //! - `proxy`: the Pingora request path: local endpoints or forward.
 //! - `run`: `mvllm run`, the Pingora server with the router and its background services.
 //! - `scrape`: reading a backend's `/metrics` (load) and `/v1/models`.
+//! - `watcher`: reloads servers.toml when it changes.
 //! - `sim`: `mvllm sim`, a simulated vLLM server for tests, benchmarks and demos.
 
 pub mod api;
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod run;
 pub mod scrape;
 pub mod sim;
+pub mod watcher;
 
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

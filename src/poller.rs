@@ -34,6 +34,10 @@ impl Poller {
         let settings = self.cluster.settings();
         let backends = self.cluster.backends();
         join_all(backends.iter().map(|b| async {
+            if b.addr.load().is_none() {
+                // Added by a config reload: resolve it before it can be picked.
+                resolve_backend(b, &settings).await;
+            }
             if !b.is_healthy() {
                 refresh_models(b, scraper).await;
             }
@@ -55,20 +59,21 @@ impl Poller {
     pub async fn resolve_all(&self) {
         let settings = self.cluster.settings();
         let backends = self.cluster.backends();
-        join_all(backends.iter().map(|b| async {
-            match resolve(&b.cfg.host, b.cfg.port).await {
-                Ok(addr) => b.addr.store(Some(Arc::new(addr))),
-                Err(why) => {
-                    // Keep the last good address, if any: a DNS hiccup must not take a
-                    // working server out.
-                    tracing::warn!(server = %b.cfg.url, %why, "cannot resolve");
-                    if b.addr.load().is_none() {
-                        b.record_failure(why, &settings);
-                    }
-                }
+        join_all(backends.iter().map(|b| resolve_backend(b, &settings))).await;
+    }
+}
+
+async fn resolve_backend(b: &Backend, settings: &crate::config::Settings) {
+    match resolve(&b.cfg.host, b.cfg.port).await {
+        Ok(addr) => b.addr.store(Some(Arc::new(addr))),
+        Err(why) => {
+            // Keep the last good address, if any: a DNS hiccup must not take a working
+            // server out.
+            tracing::warn!(server = %b.cfg.url, %why, "cannot resolve");
+            if b.addr.load().is_none() {
+                b.record_failure(why, settings);
             }
-        }))
-        .await;
+        }
     }
 }
 
@@ -100,29 +105,67 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve {host}: no addresses"))
 }
 
+/// The poller's timers, rebuilt when a config reload changes their periods.
+struct Timers {
+    metrics: tokio::time::Interval,
+    models: tokio::time::Interval,
+    dns: tokio::time::Interval,
+    periods: [std::time::Duration; 3],
+}
+
+impl Timers {
+    fn periods(settings: &crate::config::Settings) -> [std::time::Duration; 3] {
+        [
+            settings.metrics_interval,
+            settings.health_check_interval,
+            settings.dns_refresh_interval,
+        ]
+    }
+
+    fn new(settings: &crate::config::Settings) -> Timers {
+        let periods = Timers::periods(settings);
+        let timer = |period| {
+            let mut timer = interval(period);
+            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            timer
+        };
+        Timers {
+            metrics: timer(periods[0]),
+            models: timer(periods[1]),
+            dns: timer(periods[2]),
+            periods,
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Poller {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let settings = self.cluster.settings();
-        let scraper = Scraper::new(settings.health_check_timeout);
+        let mut settings = self.cluster.settings();
+        let mut scraper = Scraper::new(settings.health_check_timeout);
         self.resolve_all().await;
         self.refresh_models_all(&scraper).await;
 
-        let mut metrics = interval(settings.metrics_interval);
-        let mut models = interval(settings.health_check_interval);
-        let mut dns = interval(settings.dns_refresh_interval);
-        for timer in [&mut metrics, &mut models, &mut dns] {
-            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        }
+        let mut timers = Timers::new(&settings);
         // The first tick of an interval is immediate; models and DNS were just done.
-        models.tick().await;
-        dns.tick().await;
+        timers.models.tick().await;
+        timers.dns.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = metrics.tick() => self.scrape_all(&scraper).await,
-                _ = models.tick() => self.refresh_models_all(&scraper).await,
-                _ = dns.tick() => self.resolve_all().await,
+                _ = timers.metrics.tick() => self.scrape_all(&scraper).await,
+                _ = timers.models.tick() => self.refresh_models_all(&scraper).await,
+                _ = timers.dns.tick() => self.resolve_all().await,
+            }
+            let current = self.cluster.settings();
+            if !Arc::ptr_eq(&current, &settings) {
+                if current.health_check_timeout != settings.health_check_timeout {
+                    scraper = Scraper::new(current.health_check_timeout);
+                }
+                if Timers::periods(&current) != timers.periods {
+                    timers = Timers::new(&current);
+                }
+                settings = current;
             }
         }
     }

@@ -26,6 +26,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::poller::Poller;
 use crate::proxy::Router;
+use crate::watcher::ConfigWatcher;
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -106,6 +107,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     server.bootstrap();
 
     let servers = config.servers.len();
+    let source = config.source.clone();
     let cluster = Arc::new(Cluster::new(config.servers, config.settings));
     let active = Arc::new(AtomicUsize::new(0));
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
@@ -125,6 +127,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Poller::new(Arc::clone(&cluster)),
     ));
     server.add_service(background_service("drain", Drain { active }));
+    let loaded_text = std::fs::read_to_string(&source).unwrap_or_default();
+    let watcher = ConfigWatcher::new(&source, Arc::clone(&cluster), loaded_text);
+    server.add_service(background_service("config watcher", watcher));
 
     let shown = if args.host == "0.0.0.0" {
         format!("127.0.0.1:{port}")

@@ -539,3 +539,60 @@ async fn binary_upgrade_hands_over_without_dropping_a_request() {
     assert_eq!(status, 200);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Replaces a file the way editors save: write a new file, rename it over the old one.
+fn save_like_an_editor(path: &std::path::Path, text: &str) {
+    let temp = path.with_extension("swp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+fn servers_toml(servers: &[(&str, u32)]) -> String {
+    let mut toml = String::from("[servers]\nservers = [\n");
+    for (url, capacity) in servers {
+        toml.push_str(&format!(
+            "  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"
+        ));
+    }
+    toml + "]\n[config]\nmetrics_interval = 0.2\n"
+}
+
+#[tokio::test]
+async fn servers_toml_reloads_without_a_restart() {
+    let a = Sim::start(&["--itl-ms", "1", "--served-model-name", "llama"]).await;
+    let b = Sim::start(&["--itl-ms", "1", "--served-model-name", "qwen"]).await;
+    let router = RouterProcess::start(&[(&a.url, 4)], "").await;
+    let (status, _) = post(&router, "/v1/chat/completions", &chat("qwen", 1)).await;
+    assert_eq!(status, 404, "qwen is not served yet");
+
+    // Add b.
+    save_like_an_editor(
+        router.config_path(),
+        &servers_toml(&[(&a.url, 4), (&b.url, 4)]),
+    );
+    router.wait_healthy(2).await;
+    let (status, body) = post(&router, "/v1/chat/completions", &chat("qwen", 1)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A broken edit changes nothing.
+    save_like_an_editor(
+        router.config_path(),
+        "[servers]\nservers = [{ url = \"gpu-9\" }]\n",
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = get_json(router.at("/health")).await;
+    assert_eq!(
+        health["total_servers"], 2,
+        "the running config stays: {health}"
+    );
+
+    // Remove a.
+    save_like_an_editor(router.config_path(), &servers_toml(&[(&b.url, 4)]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(router.at("/health")).await["total_servers"] != 1 {
+        assert!(Instant::now() < deadline, "a was never removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = post(&router, "/v1/chat/completions", &chat("llama", 1)).await;
+    assert_eq!(status, 404);
+}

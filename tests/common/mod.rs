@@ -120,6 +120,11 @@ impl RouterProcess {
         format!("{}{}", self.url, path)
     }
 
+    /// The servers file it was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
