@@ -42,8 +42,8 @@ impl Policy for LeastLoad {
 /// Why no backend can take a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoBackend {
-    /// No backend lists the model (healthy or not): the client asked for something that
-    /// does not exist here. Carries the models that do.
+    /// No backend lists the model (healthy or not), and every backend's list is known: the
+    /// client asked for something that does not exist here. Carries the models that do.
     UnknownModel(Vec<String>),
     /// Backends exist for it, but none is healthy and untried right now.
     Unavailable,
@@ -57,7 +57,10 @@ pub fn candidates(
     tried: &[Arc<Backend>],
 ) -> Result<Vec<Arc<Backend>>, NoBackend> {
     if let Some(model) = model {
-        if !backends.iter().any(|b| b.serves(model)) {
+        // A server whose list was never read might serve it: then it is "unavailable", not
+        // "does not exist".
+        let all_known = backends.iter().all(|b| b.models_known());
+        if all_known && !backends.iter().any(|b| b.serves(model)) {
             let mut known: Vec<String> = backends
                 .iter()
                 .flat_map(|b| {
@@ -157,6 +160,14 @@ mod tests {
         assert_eq!(
             candidates(&all, Some("qwen"), &[Arc::clone(&b)]).err(),
             Some(NoBackend::Unavailable)
+        );
+
+        let unknown = Arc::new(Backend::new(crate::cluster::tests::server("http://new", 4)));
+        let with_unknown = vec![Arc::clone(&a), unknown];
+        assert_eq!(
+            candidates(&with_unknown, Some("gpt-4"), &[]).err(),
+            Some(NoBackend::Unavailable),
+            "a server whose models are not known yet might serve it"
         );
 
         let settings = crate::config::Settings::default();

@@ -31,6 +31,8 @@ pub struct Backend {
     pub load: ArcSwapOption<LoadSample>,
     /// The models the server serves, from its last good `/v1/models`.
     pub models: ArcSwap<Vec<ModelCard>>,
+    /// Whether `/v1/models` ever answered: until then the server's models are unknown.
+    models_known: AtomicBool,
     /// Unix time (ms) of the last scrape attempt, 0 if none.
     last_check_ms: AtomicU64,
     /// Why the server is not healthy, or the last failure seen.
@@ -56,6 +58,7 @@ impl Backend {
             consecutive_successes: AtomicU32::new(0),
             load: ArcSwapOption::empty(),
             models: ArcSwap::from_pointee(Vec::new()),
+            models_known: AtomicBool::new(false),
             last_check_ms: AtomicU64::new(0),
             last_error: ArcSwapOption::from_pointee("not checked yet".to_string()),
             in_flight: AtomicU32::new(0),
@@ -84,6 +87,9 @@ impl Backend {
             .store(old.consecutive_successes.load(Relaxed), Relaxed);
         backend.load.store(old.load.load_full());
         backend.models.store(old.models.load_full());
+        backend
+            .models_known
+            .store(old.models_known.load(Relaxed), Relaxed);
         backend
             .last_check_ms
             .store(old.last_check_ms.load(Relaxed), Relaxed);
@@ -190,6 +196,12 @@ impl Backend {
 
     pub fn set_models(&self, models: Vec<ModelCard>) {
         self.models.store(Arc::new(models));
+        self.models_known.store(true, Relaxed);
+    }
+
+    /// Whether the server's model list has been read at least once.
+    pub fn models_known(&self) -> bool {
+        self.models_known.load(Relaxed)
     }
 
     fn has_models(&self) -> bool {

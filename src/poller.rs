@@ -29,6 +29,16 @@ impl Poller {
         Poller { cluster }
     }
 
+    /// Resolves, reads model lists and scrapes every server once, before the router takes
+    /// traffic (also before an upgrading process takes over the listening socket), so the
+    /// first requests are routed on real state. Bounded by `health_check_timeout`.
+    pub async fn warm_up(&self) {
+        let scraper = Scraper::new(self.cluster.settings().health_check_timeout);
+        self.resolve_all().await;
+        self.refresh_models_all(&scraper).await;
+        self.scrape_all(&scraper).await;
+    }
+
     /// One round of `/metrics` scrapes.
     pub async fn scrape_all(&self, scraper: &Scraper) {
         let settings = self.cluster.settings();
@@ -143,11 +153,9 @@ impl BackgroundService for Poller {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut settings = self.cluster.settings();
         let mut scraper = Scraper::new(settings.health_check_timeout);
-        self.resolve_all().await;
-        self.refresh_models_all(&scraper).await;
-
         let mut timers = Timers::new(&settings);
-        // The first tick of an interval is immediate; models and DNS were just done.
+        // The first tick of an interval is immediate; warm_up() has just done all three.
+        timers.metrics.tick().await;
         timers.models.tick().await;
         timers.dns.tick().await;
         loop {

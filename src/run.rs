@@ -92,6 +92,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let address = format!("{}:{port}", args.host);
 
+    let servers = config.servers.len();
+    let source = config.source.clone();
+    let cluster = Arc::new(Cluster::new(config.servers, config.settings));
+    warm_up(&cluster)?;
+
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,
@@ -106,9 +111,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     server.bootstrap();
 
-    let servers = config.servers.len();
-    let source = config.source.clone();
-    let cluster = Arc::new(Cluster::new(config.servers, config.settings));
     let active = Arc::new(AtomicUsize::new(0));
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
@@ -143,6 +145,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         config.source.display()
     );
     server.run_forever()
+}
+
+/// Checks every server once before taking traffic (see `Poller::warm_up`). Runs on its own
+/// short-lived runtime, which is gone before Pingora starts (and possibly daemonizes).
+fn warm_up(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the start-up runtime")?;
+    runtime.block_on(Poller::new(Arc::clone(cluster)).warm_up());
+    let healthy = cluster.backends().iter().filter(|b| b.is_healthy()).count();
+    tracing::info!(healthy, total = cluster.backends().len(), "servers checked");
+    Ok(())
 }
 
 /// A free TCP port on `host` (for `--port 0`).

@@ -596,3 +596,22 @@ async fn servers_toml_reloads_without_a_restart() {
     let (status, _) = post(&router, "/v1/chat/completions", &chat("llama", 1)).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn the_first_request_after_start_is_routed() {
+    let sim = Sim::start(&["--itl-ms", "1"]).await;
+    // No waiting for /health to report the server healthy: as soon as the router accepts
+    // connections it must already know the server and its models (a slow poll interval makes
+    // sure no scrape after start-up helps).
+    let router = RouterProcess::launch(&[(&sim.url, 4)], "metrics_interval = 30\n", 0, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client().get(router.at("/health")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the router never accepted a connection"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, body) = post(&router, "/v1/chat/completions", &chat("mvllm/sim-model", 1)).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -62,6 +62,19 @@ impl RouterProcess {
         port: u16,
         extra: &[&str],
     ) -> RouterProcess {
+        let router = Self::launch(servers, config_lines, port, extra).await;
+        router.wait_healthy(servers.len()).await;
+        router
+    }
+
+    /// Starts the router and returns once it has printed its address, without waiting for
+    /// it to be ready.
+    pub async fn launch(
+        servers: &[(&str, u32)],
+        config_lines: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> RouterProcess {
         let mut toml = String::from("[servers]\nservers = [\n");
         for (url, capacity) in servers {
             toml.push_str(&format!(
@@ -93,9 +106,7 @@ impl RouterProcess {
             tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
                 .await
                 .unwrap();
-        let router = RouterProcess { child, url, config };
-        router.wait_healthy(servers.len()).await;
-        router
+        RouterProcess { child, url, config }
     }
 
     /// Waits until /health counts `n` healthy servers.
