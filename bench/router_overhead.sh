@@ -5,9 +5,10 @@
 #   bash bench/router_overhead.sh        # ~1 minute; installs wrk if missing
 #
 # A. Throughput and latency of short chat requests (4 tokens at 1 ms), 32 connections:
-#    straight to one simulated server vs through the router in front of that same server
-#    (so the difference is what the router adds). Also the router's CPU time per request and
-#    its peak memory.
+#    straight to one simulated server, through nginx (a plain keep-alive reverse proxy, 2
+#    workers, no buffering) in front of it, and through the router in front of it (so the
+#    differences are what each proxy adds). Also each proxy's CPU time per request and the
+#    router's peak memory.
 # B. Time to first token of a slow stream (one token every 200 ms), 20 requests each:
 #    straight vs through the router.
 # C. A burst of 40 simultaneous requests over servers of capacity 4 and 16: how it splits.
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_build_tools
 command -v wrk >/dev/null || apt_install wrk
+command -v nginx >/dev/null || apt_install nginx
 cargo build --release --quiet --bins
 BIN=target/release/mvllm
 DURATION=${DURATION:-10}
@@ -71,22 +73,59 @@ echo "== A. short requests, 32 connections, ${DURATION}s each"
 start simA sim --host 127.0.0.1 --port 0 --itl-ms 1 --prefill-us-per-token 0
 router_for R "$URL_simA 256"
 wrk_run "$URL_simA" > "$TMP/direct.txt"
+
+# nginx as the baseline proxy, configured the way one would put it in front of vLLM.
+mkdir -p "$TMP/nginx/logs"
+NGINX_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$TMP/nginx/nginx.conf" <<NGINX
+worker_processes 2;
+user root;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream sim { server ${URL_simA#http://}; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://sim;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }
+  }
+}
+NGINX
+nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=("$!")
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/health" && break; sleep 0.05; done
+nginx_ticks() { local t=0; for p in $(pgrep -f "nginx: worker process"); do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+n0=$(nginx_ticks)
+wrk_run "http://127.0.0.1:$NGINX_PORT" > "$TMP/nginx.txt"
+n1=$(nginx_ticks)
+
 t0=$(cpu_ticks "$PID_R")
 wrk_run "$URL_R" > "$TMP/router.txt"
 t1=$(cpu_ticks "$PID_R")
-for f in direct router; do
+for f in direct nginx router; do
   rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/$f.txt")
   p50=$(field 50% "$TMP/$f.txt"); p99=$(field 99% "$TMP/$f.txt")
   errors=$(grep -o 'non-200 answers: [0-9]*' "$TMP/$f.txt")
   printf '  %-7s %9s req/s   p50 %8s   p99 %8s   %s\n' "$f" "$rps" "$p50" "$p99" "$errors"
 done
-requests=$(awk '/requests in/ {print $1}' "$TMP/router.txt")
-python3 - "$TMP/direct.txt" "$TMP/router.txt" "$((t1 - t0))" "$TICKS" "$requests" <<'PY'
+python3 - "$TMP" "$((t1 - t0))" "$((n1 - n0))" "$TICKS" <<'PY'
 import re, sys
-def rps(path): return float(re.search(r"Requests/sec:\s+([\d.]+)", open(path).read()).group(1))
-direct, router, ticks, hz, n = rps(sys.argv[1]), rps(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-print(f"  router/direct throughput: {router / direct:.2f}x")
-print(f"  router CPU: {ticks / hz:.2f} s for {n} requests = {ticks / hz / n * 1e6:.0f} us per request")
+tmp, router_ticks, nginx_ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def stats(name):
+    text = open(f"{tmp}/{name}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    n = int(re.search(r"(\d+) requests in", text).group(1))
+    return rps, n
+(d, _), (g, gn), (r, rn) = stats("direct"), stats("nginx"), stats("router")
+print(f"  throughput: router/direct {r / d:.2f}x, nginx/direct {g / d:.2f}x, router/nginx {r / g:.2f}x")
+print(f"  CPU per request: router {router_ticks / hz / rn * 1e6:.0f} us, nginx {nginx_ticks / hz / gn * 1e6:.0f} us")
 PY
 echo "  router peak RSS: $(peak_rss_mb "$PID_R") MiB"
 
