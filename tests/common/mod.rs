@@ -142,32 +142,21 @@ impl RouterProcess {
 
     /// Starts another router with the same servers file (e.g. with `--upgrade`).
     pub async fn spawn_sibling(&self, args: &[&str]) -> RouterProcess {
-        let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1"]
-            .iter()
-            .chain(args)
-            .map(|s| s.to_string())
-            .chain([
-                "--config".to_string(),
-                self.config.to_string_lossy().into_owned(),
-            ])
-            .collect();
-        let (child, url) =
-            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
-                .await
-                .unwrap();
-        RouterProcess {
-            child,
-            url,
-            config: std::path::PathBuf::new(),
-        }
+        let config = self.config.to_string_lossy().into_owned();
+        let mut full = vec!["run", "--console", "--host", "127.0.0.1"];
+        full.extend(args);
+        full.extend(["--config", &config]);
+        Self::spawn_unowned(&full).await
     }
 
     /// Starts `mvllm demo --port 0`.
     pub async fn spawn_demo() -> RouterProcess {
-        let args: Vec<String> = ["demo", "--port", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        Self::spawn_unowned(&["demo", "--port", "0"]).await
+    }
+
+    /// Starts `mvllm <args>` as a router whose servers file this handle does not own.
+    async fn spawn_unowned(args: &[&str]) -> RouterProcess {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let (child, url) =
             tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
                 .await
