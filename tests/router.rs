@@ -615,3 +615,53 @@ async fn the_first_request_after_start_is_routed() {
     let (status, body) = post(&router, "/v1/chat/completions", &chat("mvllm/sim-model", 1)).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn garbage_or_slow_metrics_keep_a_server_out_without_stalling_the_rest() {
+    let good = Sim::start(&["--itl-ms", "1"]).await;
+    let garbage = Sim::start(&["--itl-ms", "1", "--fault-metrics", "garbage"]).await;
+    let slow = Sim::start(&["--itl-ms", "1", "--fault-metrics-delay-ms", "60000"]).await;
+    let router = RouterProcess::launch(
+        &[(&good.url, 4), (&garbage.url, 4), (&slow.url, 4)],
+        "health_check_timeout = 0.3\n",
+        0,
+        &[],
+    )
+    .await;
+    router.wait_healthy(1).await;
+    for _ in 0..6 {
+        let (status, body) =
+            post(&router, "/v1/chat/completions", &chat("mvllm/sim-model", 1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(served(&good).await, 6.0, "only the good server was used");
+    let health = get_json(router.at("/health")).await;
+    let servers = health["servers"].as_array().unwrap();
+    assert_eq!(servers[0]["healthy"], true);
+    assert_eq!(servers[1]["healthy"], false);
+    assert!(
+        servers[1]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no vLLM"),
+        "{health}"
+    );
+    assert_eq!(servers[2]["healthy"], false);
+    assert!(
+        servers[2]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{health}"
+    );
+    // The hanging scrape does not stop the others: the good server keeps being checked.
+    let first_check = servers[0]["last_check"].clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_json(router.at("/health")).await["servers"][0]["last_check"] == first_check {
+        assert!(
+            Instant::now() < deadline,
+            "the good server was not checked again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
