@@ -61,7 +61,9 @@ pub fn health(cluster: &Cluster) -> (u16, Value) {
 /// it, and its utilisation (the balancing score, in percent).
 pub fn load_stats(cluster: &Cluster) -> Value {
     let backends = cluster.backends();
-    let mut totals = (0.0, 0.0, 0u64, 0u64, 0u32);
+    // Totals over the healthy servers: what the cluster can serve right now.
+    let (mut running_sum, mut waiting_sum, mut capacity_sum, mut in_flight_sum) =
+        (0.0, 0.0, 0u64, 0u32);
     let servers: Vec<Value> = backends
         .iter()
         .map(|b| {
@@ -74,12 +76,11 @@ pub fn load_stats(cluster: &Cluster) -> Value {
             let in_flight = b.in_flight();
             let current = running + waiting;
             if b.is_healthy() {
-                totals.0 += running;
-                totals.1 += waiting;
-                totals.2 += capacity as u64;
-                totals.4 += in_flight;
+                running_sum += running;
+                waiting_sum += waiting;
+                capacity_sum += capacity as u64;
+                in_flight_sum += in_flight;
             }
-            totals.3 += 1;
             json!({
                 "url": b.cfg.url,
                 "healthy": b.is_healthy(),
@@ -101,20 +102,19 @@ pub fn load_stats(cluster: &Cluster) -> Value {
             })
         })
         .collect();
-    let (running, waiting, capacity, total, in_flight) = totals;
     let healthy = backends.iter().filter(|b| b.is_healthy()).count();
     json!({
         "servers": servers,
         "summary": {
-            "total_servers": total,
+            "total_servers": backends.len(),
             "healthy_servers": healthy,
-            "total_running": running,
-            "total_waiting": waiting,
-            "total_active_load": running + waiting,
-            "total_capacity": capacity,
-            "total_router_in_flight": in_flight,
-            "overall_utilization_percent": if capacity > 0 {
-                round2((running + 0.5 * waiting) / capacity as f64 * 100.0)
+            "total_running": running_sum,
+            "total_waiting": waiting_sum,
+            "total_active_load": running_sum + waiting_sum,
+            "total_capacity": capacity_sum,
+            "total_router_in_flight": in_flight_sum,
+            "overall_utilization_percent": if capacity_sum > 0 {
+                round2((running_sum + 0.5 * waiting_sum) / capacity_sum as f64 * 100.0)
             } else {
                 0.0
             },

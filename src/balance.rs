@@ -29,13 +29,23 @@ pub struct LeastLoad;
 
 impl Policy for LeastLoad {
     fn pick(&self, candidates: &[Arc<Backend>], _request: &RequestInfo<'_>) -> Arc<Backend> {
-        let scores: Vec<f64> = candidates.iter().map(|b| b.score()).collect();
-        let best = scores.iter().copied().fold(f64::INFINITY, f64::min);
-        let tied: Vec<usize> = (0..candidates.len())
-            .filter(|&i| scores[i] <= best + 1e-9)
-            .collect();
-        let chosen = tied[fastrand::usize(..tied.len())];
-        Arc::clone(&candidates[chosen])
+        // One pass, no allocation: keep the best so far; among equal scores, the k-th one seen
+        // replaces the choice with probability 1/k, so each tied server is equally likely.
+        let mut chosen = &candidates[0];
+        let mut best = chosen.score();
+        let mut ties = 1;
+        for backend in &candidates[1..] {
+            let score = backend.score();
+            if score < best - 1e-9 {
+                (chosen, best, ties) = (backend, score, 1);
+            } else if score <= best + 1e-9 {
+                ties += 1;
+                if fastrand::usize(..ties) == 0 {
+                    chosen = backend;
+                }
+            }
+        }
+        Arc::clone(chosen)
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::balance::{candidates, NoBackend, RequestInfo};
 use crate::cluster::Backend;
+use crate::config::Settings;
 use crate::openai::ApiError;
 use crate::proxy::{respond, respond_error, Router};
 
@@ -134,7 +135,7 @@ pub async fn forward(router: &Router, session: &mut Session) {
         let backend = router.policy.pick(&eligible, &info);
         tried.push(Arc::clone(&backend));
         let _in_flight = backend.start_request();
-        match attempt(router, session, &backend, &body, deadline).await {
+        match attempt(router, &settings, session, &backend, &body, deadline).await {
             Attempt::Delivered => {
                 backend.record_success();
                 return;
@@ -326,12 +327,12 @@ fn upstream_request(
 /// One try on one backend.
 async fn attempt(
     router: &Router,
+    settings: &Settings,
     session: &mut Session,
     backend: &Backend,
     body: &Bytes,
     deadline: Instant,
 ) -> Attempt {
-    let settings = router.cluster.settings();
     let no_answer = |status: u16, why: String, counts: bool| Attempt::Failed {
         failure: Failure::NoAnswer { status, why },
         counts_against_server: counts,
