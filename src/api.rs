@@ -1,20 +1,22 @@
 //! The router's own endpoints: `/health`, `/load-stats` and `/v1/models` (the union of what
-//! the healthy servers serve). Shapes follow the Python mvllm's, with fields added.
+//! the healthy servers serve). Shapes follow the Python mvllm's, with fields added. Every
+//! per-server figure comes from [`ServerView`], as in `/metrics` and the monitor.
 
 use std::collections::HashSet;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::cluster::Cluster;
+use crate::cluster::Snapshot;
+use crate::stats::ServerView;
 
 /// `GET /health`: 200 while at least one server is healthy, 503 otherwise (so a load
 /// balancer or Kubernetes probe in front of the router can act on it).
-pub fn health(cluster: &Cluster) -> (u16, Value) {
-    let backends = cluster.backends();
-    let settings = cluster.settings();
-    let total = backends.len();
-    let healthy = backends.iter().filter(|b| b.is_healthy()).count();
+pub fn health(snapshot: &Snapshot) -> (u16, Value) {
+    let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
+    let settings = &snapshot.settings;
+    let total = views.len();
+    let healthy = views.iter().filter(|v| v.healthy).count();
     let ratio = if total == 0 {
         0.0
     } else {
@@ -26,17 +28,17 @@ pub fn health(cluster: &Cluster) -> (u16, Value) {
         _ if ratio >= 0.5 => "degraded",
         _ => "unhealthy",
     };
-    let servers: Vec<Value> = backends
+    let servers: Vec<Value> = views
         .iter()
-        .map(|b| {
+        .map(|v| {
             json!({
-                "url": b.cfg.url,
-                "healthy": b.is_healthy(),
-                "status": if b.is_healthy() { "healthy" } else { "unhealthy" },
-                "last_check": b.last_check_ms().map(rfc3339),
-                "consecutive_failures": b.consecutive_failures(),
-                "last_error": b.last_error.load().as_deref().cloned(),
-                "models": b.models.load().iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+                "url": v.url,
+                "healthy": v.healthy,
+                "status": if v.healthy { "healthy" } else { "unhealthy" },
+                "last_check": v.last_check_ms.map(rfc3339),
+                "consecutive_failures": v.consecutive_failures,
+                "last_error": v.last_error,
+                "models": v.models,
             })
         })
         .collect();
@@ -52,84 +54,84 @@ pub fn health(cluster: &Cluster) -> (u16, Value) {
             "health_check_interval": settings.health_check_interval.as_secs_f64(),
             "failure_threshold": settings.failure_threshold,
             "recovery_threshold": settings.recovery_threshold,
+            "policy": snapshot.policy.name(),
         },
     });
     (if healthy > 0 { 200 } else { 503 }, body)
 }
 
 /// `GET /load-stats`: each server's scraped load, the router's own in-flight requests to
-/// it, and its utilisation (the balancing score, in percent).
-pub fn load_stats(cluster: &Cluster) -> Value {
-    let backends = cluster.backends();
-    // Totals over the healthy servers: what the cluster can serve right now.
-    let (mut running_sum, mut waiting_sum, mut capacity_sum, mut in_flight_sum) =
-        (0.0, 0.0, 0u64, 0u32);
-    let servers: Vec<Value> = backends
+/// it, its utilisation (the least-load score, in percent) and what the stats hub counted.
+pub fn load_stats(snapshot: &Snapshot) -> Value {
+    let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
+    let servers: Vec<Value> = views
         .iter()
-        .map(|b| {
-            let load = b.load.load();
-            let (running, waiting, kv) = match &*load {
-                Some(s) => (s.running, s.waiting, s.kv_cache_usage),
-                None => (0.0, 0.0, None),
-            };
-            let capacity = b.cfg.max_concurrent_requests;
-            let in_flight = b.in_flight();
-            let current = running + waiting;
-            if b.is_healthy() {
-                running_sum += running;
-                waiting_sum += waiting;
-                capacity_sum += capacity as u64;
-                in_flight_sum += in_flight;
-            }
+        .map(|v| {
             json!({
-                "url": b.cfg.url,
-                "healthy": b.is_healthy(),
-                "status": if b.is_healthy() { "healthy" } else { "unhealthy" },
-                "running": running,
-                "waiting": waiting,
-                "current_load": current,
-                "max_capacity": capacity,
-                "available_capacity": (capacity as f64 - running).max(0.0),
-                "router_in_flight": in_flight,
-                "utilization_percent": round2(b.utilisation_percent()),
-                "kv_cache_usage_percent": kv.map(|u| round2(u * 100.0)),
-                "last_updated": b.last_check_ms().map(rfc3339),
+                "url": v.url,
+                "healthy": v.healthy,
+                "status": if v.healthy { "healthy" } else { "unhealthy" },
+                "running": v.running,
+                "waiting": v.waiting,
+                "current_load": v.running + v.waiting,
+                "max_capacity": v.capacity,
+                "available_capacity": (f64::from(v.capacity) - v.running).max(0.0),
+                "router_in_flight": v.in_flight,
+                "load_units": round2(v.load_units),
+                "utilization_percent": round2(v.utilization * 100.0),
+                "kv_cache_usage_percent": v.kv_cache_usage.map(|u| round2(u * 100.0)),
+                "last_updated": v.last_check_ms.map(rfc3339),
+                "requests_total": v.totals.requests,
+                "attempts_total": v.totals.attempts,
+                "retries_total": v.totals.retries,
+                "errors_total": v.totals.errors,
+                "ttft_p50_seconds": v.totals.ttft_p50,
                 "detailed_metrics": {
-                    "num_requests_running": running,
-                    "num_requests_waiting": waiting,
-                    "kv_cache_usage_perc": kv,
+                    "num_requests_running": v.running,
+                    "num_requests_waiting": v.waiting,
+                    "kv_cache_usage_perc": v.kv_cache_usage,
                 },
             })
         })
         .collect();
-    let healthy = backends.iter().filter(|b| b.is_healthy()).count();
+    // Totals over the healthy servers: what the cluster can serve right now. The overall
+    // utilisation is the same estimate as each server's (load units over capacity).
+    let healthy: Vec<&ServerView> = views.iter().filter(|v| v.healthy).collect();
+    let running: f64 = healthy.iter().map(|v| v.running).sum();
+    let waiting: f64 = healthy.iter().map(|v| v.waiting).sum();
+    let units: f64 = healthy.iter().map(|v| v.load_units).sum();
+    let capacity: u64 = healthy.iter().map(|v| u64::from(v.capacity)).sum();
+    let in_flight: u32 = healthy.iter().map(|v| v.in_flight).sum();
     json!({
+        "policy": snapshot.policy.name(),
         "servers": servers,
         "summary": {
-            "total_servers": backends.len(),
-            "healthy_servers": healthy,
-            "total_running": running_sum,
-            "total_waiting": waiting_sum,
-            "total_active_load": running_sum + waiting_sum,
-            "total_capacity": capacity_sum,
-            "total_router_in_flight": in_flight_sum,
-            "overall_utilization_percent": if capacity_sum > 0 {
-                round2((running_sum + 0.5 * waiting_sum) / capacity_sum as f64 * 100.0)
+            "total_servers": views.len(),
+            "healthy_servers": healthy.len(),
+            "total_running": running,
+            "total_waiting": waiting,
+            "total_active_load": running + waiting,
+            "total_load_units": round2(units),
+            "total_capacity": capacity,
+            "total_router_in_flight": in_flight,
+            "overall_utilization_percent": if capacity > 0 {
+                round2(units / capacity as f64 * 100.0)
             } else {
                 0.0
             },
+            "total_requests": views.iter().map(|v| v.totals.requests).sum::<u64>(),
+            "total_errors": views.iter().map(|v| v.totals.errors).sum::<u64>(),
         },
     })
 }
 
 /// `GET /v1/models`: every model a healthy server lists, once, with the card as the first
 /// server listing it wrote it (vLLM's fields — root, parent, max_model_len — kept).
-pub fn models(cluster: &Cluster) -> Value {
-    let backends = cluster.backends();
+pub fn models(snapshot: &Snapshot) -> Value {
     let mut seen = HashSet::new();
     let mut data = Vec::new();
-    for backend in backends.iter().filter(|b| b.is_healthy()) {
-        for model in backend.models.load().iter() {
+    for backend in snapshot.backends.iter().filter(|b| b.state.is_healthy()) {
+        for model in backend.state.models.load().iter() {
             if seen.insert(model.id.clone()) {
                 data.push(model.card.clone());
             }
@@ -149,32 +151,28 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::tests::healthy;
+    use crate::backend::tests::healthy;
+    use crate::cluster::Cluster;
     use crate::config::Settings;
-
-    fn cluster_of(backends: Vec<std::sync::Arc<crate::cluster::Backend>>) -> Cluster {
-        let cluster = Cluster::new(vec![], Settings::default());
-        cluster.replace_backends(backends);
-        cluster
-    }
 
     #[test]
     fn health_status_and_code() {
-        let (code, body) = health(&Cluster::new(vec![], Settings::default()));
+        let (code, body) = health(&Cluster::of(vec![]).snapshot());
         assert_eq!((code, body["status"].as_str()), (503, Some("no_servers")));
 
         let a = healthy("http://a", 4, &["m"], 0.0);
         let b = healthy("http://b", 4, &["m"], 0.0);
         let settings = Settings::default();
         for _ in 0..settings.failure_threshold {
-            b.record_failure("connect refused".into(), &settings);
+            b.state.record_failure("connect refused".into(), &settings);
         }
-        let (code, body) = health(&cluster_of(vec![a, b]));
+        let (code, body) = health(&Cluster::of(vec![a, b]).snapshot());
         assert_eq!(code, 200);
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["servers"][1]["healthy"], false);
         assert_eq!(body["servers"][1]["last_error"], "connect refused");
         assert_eq!(body["servers"][0]["models"], json!(["m"]));
+        assert_eq!(body["config"]["policy"], "least-load");
         assert!(body["servers"][0]["last_check"]
             .as_str()
             .unwrap()
@@ -185,7 +183,7 @@ mod tests {
     fn models_are_the_union_of_healthy_servers_without_duplicates() {
         let a = healthy("http://a", 4, &["llama", "shared"], 0.0);
         let b = healthy("http://b", 4, &["qwen", "shared"], 0.0);
-        let list = models(&cluster_of(vec![a, b]));
+        let list = models(&Cluster::of(vec![a, b]).snapshot());
         let ids: Vec<&str> = list["data"]
             .as_array()
             .unwrap()
@@ -198,12 +196,35 @@ mod tests {
     #[test]
     fn load_stats_shows_router_in_flight() {
         let a = healthy("http://a", 4, &["m"], 2.0);
-        let _guard = a.start_request();
-        let stats = load_stats(&cluster_of(vec![a]));
+        let _guard = a.state.start_request();
+        let cluster = Cluster::of(vec![a]);
+        let stats = load_stats(&cluster.snapshot());
         let s = &stats["servers"][0];
         assert_eq!(s["running"], 2.0);
         assert_eq!(s["router_in_flight"], 1);
         assert_eq!(s["utilization_percent"], 75.0);
         assert_eq!(stats["summary"]["total_capacity"], 4);
+    }
+
+    #[test]
+    fn utilisation_is_the_policys_score_per_server_and_overall() {
+        let a = healthy("http://a", 4, &["m"], 1.0);
+        let b = healthy("http://b", 16, &["m"], 0.0);
+        let guards: Vec<_> = (0..3).map(|_| b.state.start_request()).collect();
+        let (score_a, score_b) = (a.score(), b.score());
+        let cluster = Cluster::of(vec![a, b]);
+        let stats = load_stats(&cluster.snapshot());
+        assert_eq!(
+            stats["servers"][0]["utilization_percent"],
+            round2(score_a * 100.0)
+        );
+        assert_eq!(
+            stats["servers"][1]["utilization_percent"],
+            round2(score_b * 100.0)
+        );
+        assert_eq!(score_b, 3.0 / 16.0, "requests sent since the scrape count");
+        // (1 running + 3 sent since the scrape) over 20: the since-scrape term included.
+        assert_eq!(stats["summary"]["overall_utilization_percent"], 20.0);
+        drop(guards);
     }
 }

@@ -14,6 +14,9 @@ use crate::sim::SimArgs;
     after_help = "Start with `mvllm sim --port 8000` to get a simulated vLLM server (no GPU needed)."
 )]
 pub struct Cli {
+    /// How log lines are written (stderr): text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,4 +43,8 @@ pub struct ConfigArg {
     /// The servers file.
     #[arg(long, short, default_value = "servers.toml", env = "CONFIG_PATH")]
     pub config: PathBuf,
+    /// List every key servers.toml may hold, with its default, what is allowed and what it
+    /// does, instead of checking a file.
+    #[arg(long)]
+    pub keys: bool,
 }

@@ -34,7 +34,7 @@ const SERVERS: [(u32, &[&str]); 3] = [
     (16, &["demo-llama", "demo-qwen"]),
 ];
 
-pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+pub fn demo(args: DemoArgs, log_format: crate::logging::LogFormat) -> anyhow::Result<()> {
     let addresses = start_servers()?;
     let config = write_config(&addresses)?;
     let port = match args.port {
@@ -64,16 +64,20 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
          Ctrl-C stops everything. Config used: {}\n",
         config.display()
     );
-    run(RunArgs {
-        config,
-        host: args.host,
-        port,
-        console: true,
-        conf: None,
-        daemon: false,
-        upgrade: false,
-        test: false,
-    })
+    run(
+        RunArgs {
+            config,
+            host: args.host,
+            port,
+            console: true,
+            no_access_log: false,
+            conf: None,
+            daemon: false,
+            upgrade: false,
+            test: false,
+        },
+        log_format,
+    )
 }
 
 /// Starts the simulated servers on their own runtime thread; returns their addresses.

@@ -1,36 +1,66 @@
 //! mvllm: one OpenAI-compatible endpoint in front of many vLLM servers.
 //!
-//! Layout:
-//! - `api`: the router's own endpoints (/health, /load-stats, /v1/models).
-//! - `balance`: which backends may take a request, and the policy that picks one.
-//! - `cli`: the command line (`mvllm run | sim | demo | check-config | version`).
-//! - `cluster`: the backends' live state (health, load, models, in-flight requests).
-//! - `config`: `servers.toml`, validated, with errors that say where.
-//! - `demo`: `mvllm demo`, the router and three simulated servers in one process.
-//! - `forward`: one request to a backend, with retries and unbuffered streaming.
-//! - `openai`: OpenAI-shaped error bodies, shared by every server in the binary.
-//! - `poller`: background scrapes of /metrics and /v1/models, DNS refresh.
-//! - `probe`: `mvllm probe URL`, one server as the router sees it.
-//! - `proxy`: the Pingora request path: local endpoints or forward.
-//! - `run`: `mvllm run`, the Pingora server with the router and its background services.
-//! - `scrape`: reading a backend's `/metrics` (load) and `/v1/models`.
+//! Layout. The request path, top to bottom (calls go down, never back up):
+//! - `entry`: the Pingora `ProxyHttp` entry point; makes each request's context, answers the
+//!   router's own endpoints, hands the rest to `forward`.
+//! - `forward`: one request to a server — choose, try, retry elsewhere while the client has
+//!   seen nothing.
+//! - `features`: the body, read once and bounded, and what routing reads of it (model, stream,
+//!   session key, where the prompt is).
+//! - `policy/`: **how a server is chosen** — which servers are eligible, and one file per
+//!   policy (`least-load`), built from `[routing]`.
+//! - `retry`: **what happens on retry** — the pure decision table, no I/O.
+//! - `upstream`: the exchange with one server over Pingora's pool: send, await the header,
+//!   stream the body back.
+//! - `headers`: the request as it goes to a server and the response as it comes back.
+//! - `respond`: the router's own answers (JSON, OpenAI-shaped errors).
+//! - `context`: one request's context (id, features, timings, attempts, outcome); its drop
+//!   ends the request's in-flight counts and records it.
+//! - `stats`: **what is counted** — the stats hub every figure is rendered from.
+//! - `access_log`: the line per request. `usage`: token counts read from answers as they pass.
+//! - `request_id`: the `X-Request-Id` kept or made.
+//!
+//! The cluster and its upkeep:
+//! - `cluster`: the config in force as one snapshot; **how a reload works**.
+//! - `backend`: one server's entry and its live state (health, load, in-flight, stats), keyed
+//!   by URL so that it survives reloads.
+//! - `poller`: each server's own schedule of `/metrics`, `/v1/models` and DNS refreshes.
+//! - `scrape`: reading a server's `/metrics` (load) and `/v1/models`.
 //! - `watcher`: reloads servers.toml when it changes.
-//! - `sim`: `mvllm sim`, a simulated vLLM server for tests, benchmarks and demos.
+//! - `config/`: servers.toml, every key declared once, errors that say where.
+//! - `api`: `/health`, `/load-stats`, `/v1/models`, rendered from the same views as `/metrics`.
+//!
+//! Around it: `cli` (the command line), `run` (`mvllm run`: Pingora server, shutdown),
+//! `daemon` (`--daemon`), `logging` (stderr, text or JSON), `openai` (error bodies), `demo`
+//! (`mvllm demo`), `probe` (`mvllm probe`), `sim/` (`mvllm sim`, a simulated vLLM server).
 
+pub mod access_log;
 pub mod api;
-pub mod balance;
+pub mod backend;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod context;
+pub mod daemon;
 pub mod demo;
+pub mod entry;
+pub mod features;
 pub mod forward;
+pub mod headers;
+pub mod logging;
 pub mod openai;
+pub mod policy;
 pub mod poller;
 pub mod probe;
-pub mod proxy;
+pub mod request_id;
+pub mod respond;
+pub mod retry;
 pub mod run;
 pub mod scrape;
 pub mod sim;
+pub mod stats;
+pub mod upstream;
+pub mod usage;
 pub mod watcher;
 
 /// Completes on Ctrl-C or SIGTERM.

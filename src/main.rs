@@ -2,10 +2,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mvllm::cli::{Cli, Command};
+use mvllm::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `run` installs its logger itself, after it may have become a daemon: the logger's
+    // writer thread must be started by the process that keeps running.
+    let _logs = match cli.command {
+        Command::Run(_) | Command::Demo(_) => None,
+        _ => Some(logging::init(cli.log_format)),
+    };
     match cli.command {
         Command::Sim(args) => match block_on(mvllm::sim::run(*args)) {
             Ok(Ok(())) => ExitCode::SUCCESS,
@@ -26,6 +32,10 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::CheckConfig(arg) if arg.keys => {
+            print!("{}", mvllm::config::Config::describe_keys());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig(arg) => match mvllm::config::Config::load(&arg.config) {
             Ok(config) => {
                 print!("{}", config.describe());
@@ -40,14 +50,14 @@ fn main() -> ExitCode {
             println!("mvllm {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match mvllm::run::run(args) {
+        Command::Run(args) => match mvllm::run::run(args, cli.log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error:#}");
                 ExitCode::FAILURE
             }
         },
-        Command::Demo(args) => match mvllm::demo::demo(args) {
+        Command::Demo(args) => match mvllm::demo::demo(args, cli.log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error:#}");
@@ -55,15 +65,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Runs a future on a new multi-threaded runtime; `Err` is the exit code if there is none.

@@ -1,23 +1,33 @@
-//! The poller: a background service that keeps every backend's state current.
+//! The poller: a background service that keeps every server's state current.
 //!
-//! - every `metrics_interval`: scrape each server's `/metrics`, concurrently, and feed the
-//!   health state machine (`cluster::Backend::scrape_succeeded` / `scrape_failed`);
-//! - every `health_check_interval`: refresh each server's `/v1/models` (and at every metrics
-//!   tick for servers that are not healthy, so a server that comes back with another model is
-//!   routed by its new list);
-//! - every `dns_refresh_interval`: resolve the servers' host names, so the request path never
-//!   does a DNS lookup.
+//! Each server has its own task, on its own schedule, so a server that hangs (or drops
+//! packets) delays nobody else's refresh and shutdown waits for none of them:
+//! - every `metrics_interval`: scrape `/metrics`, and feed the health state machine
+//!   (`ServerState::scrape_succeeded` / `scrape_failed`);
+//! - every `health_check_interval`: refresh `/v1/models` (and at every metrics tick while the
+//!   server is not healthy, so one that comes back with another model is routed by its new
+//!   list);
+//! - every `dns_refresh_interval`: resolve its host name, so the request path never does a
+//!   DNS lookup.
+//!
+//! A reload wakes every task, so new intervals apply at once; the poller starts tasks for
+//! added servers and stops those of removed ones.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::time::{interval, MissedTickBehavior};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 
-use crate::cluster::{Backend, Cluster};
+use crate::backend::{Backend, ServerState};
+use crate::cluster::Cluster;
+use crate::config::Settings;
 use crate::scrape::Scraper;
 
 pub struct Poller {
@@ -29,73 +39,153 @@ impl Poller {
         Poller { cluster }
     }
 
-    /// Resolves, reads model lists and scrapes every server once, before the router takes
-    /// traffic (also before an upgrading process takes over the listening socket), so the
-    /// first requests are routed on real state. Bounded by `health_check_timeout`.
+    /// Resolves, reads the model list of and scrapes every server once, concurrently, before
+    /// the router takes traffic (also before an upgrading process takes over the listening
+    /// socket), so the first requests are routed on real state. Each step of each server is
+    /// bounded by `health_check_timeout`.
     pub async fn warm_up(&self) {
-        let scraper = Scraper::new(self.cluster.settings().health_check_timeout);
-        self.resolve_all().await;
-        self.refresh_models_all(&scraper).await;
-        self.scrape_all(&scraper).await;
-    }
-
-    /// One round of `/metrics` scrapes.
-    pub async fn scrape_all(&self, scraper: &Scraper) {
-        let settings = self.cluster.settings();
-        let backends = self.cluster.backends();
-        join_all(backends.iter().map(|b| async {
-            if b.addr.load().is_none() {
-                // Added by a config reload: resolve it before it can be picked.
-                resolve_backend(b, &settings).await;
-            }
-            if !b.is_healthy() {
-                refresh_models(b, scraper).await;
-            }
-            match scraper.load(&b.cfg.url, b.cfg.api_key.as_deref()).await {
-                Ok(load) => b.scrape_succeeded(load, &settings),
-                Err(e) => b.scrape_failed(format!("/metrics: {e}"), &settings),
-            }
+        let snapshot = self.cluster.snapshot();
+        let settings = &snapshot.settings;
+        let scraper = Scraper::new(settings.health_check_timeout);
+        join_all(snapshot.backends.iter().map(|b| async {
+            resolve(b, settings).await;
+            refresh_models(b, &scraper).await;
+            scrape(b, &scraper, settings).await;
         }))
         .await;
     }
+}
 
-    /// One round of `/v1/models` refreshes.
-    pub async fn refresh_models_all(&self, scraper: &Scraper) {
-        let backends = self.cluster.backends();
-        join_all(backends.iter().map(|b| refresh_models(b, scraper))).await;
-    }
-
-    /// Resolves every backend's host name.
-    pub async fn resolve_all(&self) {
-        let settings = self.cluster.settings();
-        let backends = self.cluster.backends();
-        join_all(backends.iter().map(|b| resolve_backend(b, &settings))).await;
+#[async_trait]
+impl BackgroundService for Poller {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reloads = self.cluster.reloads();
+        let mut tasks = JoinSet::new();
+        let mut running: HashMap<usize, AbortHandle> = HashMap::new();
+        // The servers checked by warm_up() are not due until their intervals pass.
+        let checked_at = Some(Instant::now());
+        for backend in &self.cluster.snapshot().backends {
+            let task = watch_server(
+                Arc::clone(&self.cluster),
+                Arc::clone(&backend.state),
+                checked_at,
+            );
+            running.insert(key(&backend.state), tasks.spawn(task));
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // Start tasks for added servers; a removed server's task ends by itself
+                    // when it no longer finds the server in the snapshot.
+                    running.retain(|_, handle| !handle.is_finished());
+                    for backend in &self.cluster.snapshot().backends {
+                        running.entry(key(&backend.state)).or_insert_with(|| {
+                            tasks.spawn(watch_server(Arc::clone(&self.cluster), Arc::clone(&backend.state), None))
+                        });
+                    }
+                }
+                Some(_) = tasks.join_next() => {}
+            }
+        }
+        // Dropping the set aborts every task, a hung scrape included.
+        tasks.abort_all();
     }
 }
 
-async fn resolve_backend(b: &Backend, settings: &crate::config::Settings) {
-    match resolve(&b.cfg.host, b.cfg.port).await {
-        Ok(addr) => b.addr.store(Some(Arc::new(addr))),
+/// A server's identity while its state lives (its state is keyed by URL across reloads).
+fn key(state: &Arc<ServerState>) -> usize {
+    Arc::as_ptr(state) as usize
+}
+
+/// Keeps one server current until it leaves the config. `checked_at` is when it was last
+/// fully checked (`None`: never, so everything is due at once).
+async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at: Option<Instant>) {
+    let mut reloads = cluster.reloads();
+    let (mut last_metrics, mut last_models, mut last_dns) = (checked_at, checked_at, checked_at);
+    let mut timeout = cluster.snapshot().settings.health_check_timeout;
+    let mut scraper = Scraper::new(timeout);
+    loop {
+        let snapshot = cluster.snapshot();
+        let Some(backend) = snapshot
+            .backends
+            .iter()
+            .find(|b| Arc::ptr_eq(&b.state, &state))
+        else {
+            return; // removed from the config
+        };
+        let settings = &snapshot.settings;
+        if timeout != settings.health_check_timeout {
+            timeout = settings.health_check_timeout;
+            scraper = Scraper::new(timeout);
+        }
+        let due = |last: Option<Instant>, every: Duration| {
+            last.is_none_or(|t| t + every <= Instant::now())
+        };
+
+        if due(last_dns, settings.dns_refresh_interval) || state.addr.load().is_none() {
+            last_dns = Some(Instant::now());
+            resolve(backend, settings).await;
+        }
+        let metrics_due = due(last_metrics, settings.metrics_interval);
+        if due(last_models, settings.health_check_interval) || (metrics_due && !state.is_healthy())
+        {
+            last_models = Some(Instant::now());
+            refresh_models(backend, &scraper).await;
+        }
+        if metrics_due {
+            last_metrics = Some(Instant::now());
+            scrape(backend, &scraper, settings).await;
+        }
+
+        let next = [
+            (last_metrics, settings.metrics_interval),
+            (last_models, settings.health_check_interval),
+            (last_dns, settings.dns_refresh_interval),
+        ]
+        .into_iter()
+        .map(|(last, every)| last.map_or_else(Instant::now, |t| t + every))
+        .min()
+        .unwrap_or_else(Instant::now);
+        drop(snapshot);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            // A reload: look again with the new settings (or find the server gone).
+            _ = reloads.changed() => {}
+        }
+    }
+}
+
+async fn scrape(b: &Backend, scraper: &Scraper, settings: &Settings) {
+    match scraper.load(&b.cfg.url, b.cfg.api_key.as_deref()).await {
+        Ok(load) => b.state.scrape_succeeded(load, settings),
+        Err(e) => b.state.scrape_failed(format!("/metrics: {e}"), settings),
+    }
+}
+
+async fn resolve(b: &Backend, settings: &Settings) {
+    match lookup(&b.cfg.host, b.cfg.port).await {
+        Ok(addr) => b.state.addr.store(Some(Arc::new(addr))),
         Err(why) => {
             // Keep the last good address, if any: a DNS hiccup must not take a working
             // server out.
             tracing::warn!(server = %b.cfg.url, %why, "cannot resolve");
-            if b.addr.load().is_none() {
-                b.record_failure(why, settings);
+            if b.state.addr.load().is_none() {
+                b.state.record_failure(why, settings);
             }
         }
     }
 }
 
-async fn refresh_models(backend: &Backend, scraper: &Scraper) {
-    match scraper
-        .models(&backend.cfg.url, backend.cfg.api_key.as_deref())
-        .await
-    {
-        Ok(models) => backend.set_models(models),
+async fn refresh_models(b: &Backend, scraper: &Scraper) {
+    match scraper.models(&b.cfg.url, b.cfg.api_key.as_deref()).await {
+        Ok(models) => b.state.set_models(models),
         Err(e) => {
             // The metrics scrape decides health; a model-list failure is only remembered.
-            backend
+            b.state
                 .last_error
                 .store(Some(Arc::new(format!("/v1/models: {e}"))));
         }
@@ -103,7 +193,7 @@ async fn refresh_models(backend: &Backend, scraper: &Scraper) {
 }
 
 /// The first address of `host:port`; IP literals need no lookup.
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+async fn lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
@@ -113,68 +203,4 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| format!("cannot resolve {host}: no addresses"))
-}
-
-/// The poller's timers, rebuilt when a config reload changes their periods.
-struct Timers {
-    metrics: tokio::time::Interval,
-    models: tokio::time::Interval,
-    dns: tokio::time::Interval,
-    periods: [std::time::Duration; 3],
-}
-
-impl Timers {
-    fn periods(settings: &crate::config::Settings) -> [std::time::Duration; 3] {
-        [
-            settings.metrics_interval,
-            settings.health_check_interval,
-            settings.dns_refresh_interval,
-        ]
-    }
-
-    fn new(settings: &crate::config::Settings) -> Timers {
-        let periods = Timers::periods(settings);
-        let timer = |period| {
-            let mut timer = interval(period);
-            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            timer
-        };
-        Timers {
-            metrics: timer(periods[0]),
-            models: timer(periods[1]),
-            dns: timer(periods[2]),
-            periods,
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Poller {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut settings = self.cluster.settings();
-        let mut scraper = Scraper::new(settings.health_check_timeout);
-        let mut timers = Timers::new(&settings);
-        // The first tick of an interval is immediate; warm_up() has just done all three.
-        timers.metrics.tick().await;
-        timers.models.tick().await;
-        timers.dns.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = timers.metrics.tick() => self.scrape_all(&scraper).await,
-                _ = timers.models.tick() => self.refresh_models_all(&scraper).await,
-                _ = timers.dns.tick() => self.resolve_all().await,
-            }
-            let current = self.cluster.settings();
-            if !Arc::ptr_eq(&current, &settings) {
-                if current.health_check_timeout != settings.health_check_timeout {
-                    scraper = Scraper::new(current.health_check_timeout);
-                }
-                if Timers::periods(&current) != timers.periods {
-                    timers = Timers::new(&current);
-                }
-                settings = current;
-            }
-        }
-    }
 }

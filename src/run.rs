@@ -1,13 +1,19 @@
-//! `mvllm run`: the command line, turned into a Pingora server with the router, the poller
-//! and the drain watcher.
+//! `mvllm run`: the command line, turned into a Pingora server with the router and its
+//! background services (poller, config watcher, drain).
 //!
 //! Pingora's own options (daemon, upgrade, test, YAML conf) are flags of `mvllm run`, so the
 //! router's command line stays in charge; without `--conf`, the built-in server settings are
-//! those of conf/mvllm.yaml.
+//! conf/mvllm.yaml's, compiled in.
+//!
+//! How it stops: Pingora runs on a thread of its own; this function waits for either the drain
+//! (a graceful shutdown — SIGTERM, or the old process of an upgrade — with no request left in
+//! flight) or Pingora itself (SIGINT, or the end of the grace period), then returns, so that
+//! `main` returns: logs are flushed and every destructor runs.
 
+use std::io::IsTerminal;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,14 +24,16 @@ use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::prelude::{http_proxy_service, Opt};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs as PingoraRunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::balance::LeastLoad;
+use crate::access_log::AccessLog;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::entry::{Recorder, Router};
+use crate::logging::{self, LogFormat};
 use crate::poller::Poller;
-use crate::proxy::Router;
+use crate::stats::Stats;
 use crate::watcher::ConfigWatcher;
 
 #[derive(Debug, Clone, Args)]
@@ -39,15 +47,18 @@ pub struct RunArgs {
     /// Port to listen on; 0 picks a free one (the address is printed on stdout).
     #[arg(long, default_value_t = 8888)]
     pub port: u16,
-    /// Log to the console (the default until the fullscreen monitor exists, and whenever
-    /// stdout is not a terminal).
+    /// Console mode: plain logs with a line per request (the access log). It is also the mode
+    /// whenever stdout is not a terminal; on a terminal without it, the access log is off.
     #[arg(long)]
     pub console: bool,
+    /// No access log, even in console mode.
+    #[arg(long)]
+    pub no_access_log: bool,
     /// Pingora server settings (YAML): threads, grace periods, pid file, upgrade socket.
     /// Without it, the settings of conf/mvllm.yaml are built in.
     #[arg(long, value_name = "YAML", help_heading = "Pingora")]
     pub conf: Option<String>,
-    /// Run in the background (pid file and logs per the Pingora conf).
+    /// Run in the background (pid file and error log per the Pingora conf).
     #[arg(long, short, help_heading = "Pingora")]
     pub daemon: bool,
     /// Take over the listening sockets of a running mvllm (zero-downtime binary upgrade:
@@ -59,68 +70,86 @@ pub struct RunArgs {
     pub test: bool,
 }
 
-/// The built-in Pingora settings (the same as conf/mvllm.yaml).
-fn default_server_conf() -> ServerConf {
-    ServerConf {
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        // On SIGTERM the drain watcher exits as soon as no request is in flight; these are
-        // the upper bounds for long streams.
-        grace_period_seconds: Some(60),
-        graceful_shutdown_timeout_seconds: Some(5),
-        pid_file: "/tmp/mvllm.pid".into(),
-        upgrade_sock: "/tmp/mvllm_upgrade.sock".into(),
-        ..ServerConf::default()
+/// conf/mvllm.yaml, compiled in: the built-in Pingora settings are that file, exactly.
+const BUILT_IN_CONF: &str = include_str!("../conf/mvllm.yaml");
+
+/// The Pingora settings: the `--conf` file, or the built-in ones. `threads: 0` means one per
+/// CPU core (Pingora itself needs a number).
+pub fn server_conf(path: Option<&str>) -> anyhow::Result<ServerConf> {
+    let mut conf = match path {
+        Some(path) => ServerConf::load_from_yaml(path)
+            .map_err(|e| anyhow::anyhow!("error: Pingora conf {path}: {e}"))?,
+        None => ServerConf::from_yaml(BUILT_IN_CONF)
+            .map_err(|e| anyhow::anyhow!("the built-in Pingora conf is invalid: {e}"))?,
+    };
+    if conf.threads == 0 {
+        conf.threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     }
+    Ok(conf)
 }
 
-/// Builds and runs the router; returns only on a start-up error.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("error: {e}"))?;
-    for (key, why) in &config.ignored {
-        tracing::warn!(
-            "{}: {key} is accepted but has no effect ({why})",
-            config.source.display()
-        );
-    }
+/// Builds and runs the router; returns when it has stopped.
+pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    // Absolute, so that the watcher finds it whatever the working directory becomes.
+    let path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
+    let (config, loaded_text) =
+        Config::load_with_text(&path).map_err(|e| anyhow::anyhow!("error: {e}"))?;
     if args.test {
         print!("{}", config.describe());
         return Ok(());
     }
+    let conf = server_conf(args.conf.as_deref())?;
     let port = match args.port {
         0 => free_port(&args.host)?,
         port => port,
     };
     let address = format!("{}:{port}", args.host);
+    let shown = if args.host == "0.0.0.0" {
+        format!("127.0.0.1:{port}")
+    } else {
+        address.clone()
+    };
+    // Scripts and tests read the address from this line.
+    let ready_line = format!(
+        "mvllm: routing to {} server(s) from {} on http://{shown}",
+        config.servers.len(),
+        args.config.display()
+    );
+    let console = args.console || !std::io::stdout().is_terminal();
+    if args.daemon {
+        println!("{ready_line} (as a daemon, pid file {})", conf.pid_file);
+        crate::daemon::detach(&conf)?;
+    }
 
-    let servers = config.servers.len();
-    let source = config.source.clone();
-    let cluster = Arc::new(Cluster::new(config.servers, config.settings));
+    let logs = logging::init(log_format);
+    for (key, why) in &config.ignored {
+        tracing::warn!(
+            "{}: {key} is accepted but has no effect ({why})",
+            path.display()
+        );
+    }
+    let cluster = Arc::new(
+        Cluster::new(config, Arc::new(Stats::new())).map_err(|e| anyhow::anyhow!("error: {e}"))?,
+    );
     warm_up(&cluster)?;
 
     let opt = Opt {
         upgrade: args.upgrade,
-        daemon: args.daemon,
+        daemon: false, // done above, by detach()
         nocapture: false,
         test: false,
-        conf: args.conf.clone(),
+        conf: None,
     };
-    let mut server = match &args.conf {
-        Some(path) => Server::new(Some(opt))
-            .map_err(|e| anyhow::anyhow!("error: Pingora conf {path}: {e}"))?,
-        None => Server::new_with_opt_and_conf(opt, default_server_conf()),
-    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let active = Arc::new(AtomicUsize::new(0));
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let router = Router::new(
-        Arc::clone(&cluster),
-        Box::new(LeastLoad),
-        connector,
-        Arc::clone(&active),
-    );
+    let access_log =
+        (console && !args.no_access_log).then(|| AccessLog::new(logs.format, logs.writer.clone()));
+    let recorder = Arc::new(Recorder::new(Arc::clone(&cluster), access_log));
+    let router = Router::new(Arc::clone(&cluster), connector, Arc::clone(&recorder));
     let mut proxy = http_proxy_service(&server.configuration, router);
     proxy.add_tcp(&address);
     server.add_service(proxy);
@@ -128,35 +157,54 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "poller",
         Poller::new(Arc::clone(&cluster)),
     ));
-    server.add_service(background_service("drain", Drain { active }));
-    let loaded_text = std::fs::read_to_string(&source).unwrap_or_default();
-    let watcher = ConfigWatcher::new(&source, Arc::clone(&cluster), loaded_text);
+    let watcher = ConfigWatcher::new(&path, Arc::clone(&cluster), loaded_text);
     server.add_service(background_service("config watcher", watcher));
+    let (stopped, wait_stopped) = mpsc::channel();
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            recorder,
+            drained: stopped.clone(),
+        },
+    ));
 
-    let shown = if args.host == "0.0.0.0" {
-        format!("127.0.0.1:{port}")
-    } else {
-        address.clone()
-    };
-    let url = format!("http://{shown}");
-    // Scripts and tests read the address from this line.
-    println!(
-        "mvllm: routing to {servers} server(s) from {} on {url}",
-        config.source.display()
-    );
-    server.run_forever()
+    if !args.daemon {
+        println!("{ready_line}");
+    }
+    std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || {
+            server.run(PingoraRunArgs::default());
+            let _ = stopped.send(());
+        })
+        .context("cannot start the server thread")?;
+    let _ = wait_stopped.recv();
+    tracing::info!("stopped");
+    println!("mvllm: stopped");
+    drop(logs);
+    Ok(())
 }
 
 /// Checks every server once before taking traffic (see `Poller::warm_up`). Runs on its own
-/// short-lived runtime, which is gone before Pingora starts (and possibly daemonizes).
+/// short-lived runtime, gone before Pingora starts.
 fn warm_up(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the start-up runtime")?;
     runtime.block_on(Poller::new(Arc::clone(cluster)).warm_up());
-    let healthy = cluster.backends().iter().filter(|b| b.is_healthy()).count();
-    tracing::info!(healthy, total = cluster.backends().len(), "servers checked");
+    let snapshot = cluster.snapshot();
+    let healthy = snapshot
+        .backends
+        .iter()
+        .filter(|b| b.state.is_healthy())
+        .count();
+    tracing::info!(
+        healthy,
+        total = snapshot.backends.len(),
+        policy = snapshot.policy.name(),
+        "servers checked"
+    );
     Ok(())
 }
 
@@ -167,11 +215,11 @@ pub(crate) fn free_port(host: &str) -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Ends the process as soon as a graceful shutdown (SIGTERM, or the old process of an
-/// upgrade) has no request left in flight, instead of sitting out Pingora's whole grace
-/// period.
+/// Says "stopped" as soon as a graceful shutdown (SIGTERM, or the old process of an upgrade)
+/// has no request left in flight, instead of sitting out Pingora's whole grace period.
 struct Drain {
-    active: Arc<AtomicUsize>,
+    recorder: Arc<Recorder>,
+    drained: mpsc::Sender<()>,
 }
 
 #[async_trait]
@@ -180,12 +228,28 @@ impl BackgroundService for Drain {
         if shutdown.changed().await.is_err() {
             return;
         }
-        loop {
-            if self.active.load(Relaxed) == 0 {
-                tracing::info!("no request in flight: exiting");
-                std::process::exit(0);
-            }
+        while self.recorder.active() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        tracing::info!("no request in flight: stopping");
+        let _ = self.drained.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_pingora_settings_are_conf_mvllm_yaml() {
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/mvllm.yaml");
+        assert_eq!(
+            server_conf(None).unwrap(),
+            server_conf(Some(shipped)).unwrap()
+        );
+        let conf = server_conf(None).unwrap();
+        assert!(conf.threads >= 1, "threads: 0 became one per core");
+        assert_eq!(conf.grace_period_seconds, Some(60));
+        assert_eq!(conf.upstream_keepalive_pool_size, 512);
     }
 }

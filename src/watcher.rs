@@ -1,12 +1,13 @@
 //! The config watcher: reloads servers.toml when it changes, without a restart.
 //!
 //! It watches the file's directory, not the file (editors save by writing a new file and
-//! renaming it over the old one, which a watch on the file itself would miss), waits for the
-//! writes to settle, then parses and validates the whole file. A good file is applied at once
-//! (servers added and removed, settings changed; a server whose entry did not change keeps its
-//! health and load). A bad one changes nothing and is reported loudly, with the file, line and
-//! key. Every `config_reload_interval` the file is also compared with what was last loaded, for
-//! file systems that deliver no events (some network and container mounts).
+//! renaming it over the old one, which a watch on the file itself would miss; Kubernetes
+//! ConfigMaps swap a symlink), waits for the writes to settle, then parses and validates the
+//! whole file. A good file is applied at once (cluster.rs says how); a bad one changes nothing
+//! and is reported loudly, with the file, line and key. Every `config_reload_interval` the file
+//! is also compared with what was last loaded, for file systems that deliver no events (some
+//! network and container mounts) and for when file events cannot be had at all: then the
+//! watcher says so and polls.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use notify::{RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -24,21 +26,53 @@ use crate::config::Config;
 /// Writes to the file within this window are one change.
 const SETTLE: Duration = Duration::from_millis(150);
 
+/// Starts delivering a `()` for every file event in `dir` that concerns `file_name`.
+type EventSource = fn(
+    dir: &Path,
+    file_name: &std::ffi::OsStr,
+    events: mpsc::UnboundedSender<()>,
+) -> notify::Result<Box<dyn Watcher + Send>>;
+
 pub struct ConfigWatcher {
     path: PathBuf,
     cluster: Arc<Cluster>,
-    /// The text last loaded (or rejected), to skip events that changed nothing.
-    initial_text: String,
+    /// The text the running config was read from: later edits are compared with it.
+    loaded_text: String,
+    events: EventSource,
 }
 
 impl ConfigWatcher {
+    /// Watches `path`, whose text `loaded_text` is what the running config was parsed from.
     pub fn new(path: &Path, cluster: Arc<Cluster>, loaded_text: String) -> ConfigWatcher {
         ConfigWatcher {
             path: path.to_path_buf(),
             cluster,
-            initial_text: loaded_text,
+            loaded_text,
+            events: notify_events,
         }
     }
+}
+
+/// File events from `notify` (inotify on Linux).
+fn notify_events(
+    dir: &Path,
+    file_name: &std::ffi::OsStr,
+    events: mpsc::UnboundedSender<()>,
+) -> notify::Result<Box<dyn Watcher + Send>> {
+    let file_name = file_name.to_os_string();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let ours = event.is_ok_and(|event| {
+            event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+        });
+        if ours {
+            let _ = events.send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(Box::new(watcher))
 }
 
 /// Loads the file if its text differs from `last`; applies it if it is valid.
@@ -59,8 +93,12 @@ fn reload(path: &Path, cluster: &Cluster, last: &mut String) {
                     path.display()
                 );
             }
-            let summary = cluster.apply(config);
-            tracing::info!(file = %path.display(), %summary, "config reloaded");
+            match cluster.apply(config) {
+                Ok(summary) => tracing::info!(file = %path.display(), %summary, "config reloaded"),
+                Err(why) => {
+                    tracing::error!(file = %path.display(), %why, "config NOT reloaded, the running config stays in force")
+                }
+            }
         }
         Err(error) => {
             tracing::error!("config NOT reloaded, the running config stays in force: {error}");
@@ -68,49 +106,41 @@ fn reload(path: &Path, cluster: &Cluster, last: &mut String) {
     }
 }
 
+/// A timer that first fires one `period` from now.
+fn fallback_timer(period: Duration) -> Interval {
+    let mut timer = interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let file_name = self.path.file_name().map(|n| n.to_os_string());
-        let mut watcher = match notify::recommended_watcher(
-            move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    let ours = event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
-                    if ours {
-                        let _ = tx.send(());
-                    }
-                }
-            },
-        ) {
-            Ok(watcher) => Some(watcher),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the config file; checking it every config_reload_interval only");
-                None
-            }
-        };
         let directory = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if let Some(w) = watcher.as_mut() {
-            if let Err(e) = w.watch(&directory, RecursiveMode::NonRecursive) {
-                tracing::warn!(error = %e, dir = %directory.display(), "cannot watch the config directory");
+        let file_name = self.path.file_name().unwrap_or_default();
+        let mut period = self.cluster.snapshot().settings.config_reload_interval;
+        // Kept alive for as long as the watcher runs: dropping it stops the events.
+        let mut events = match (self.events)(&directory, file_name, tx) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %directory.display(), "cannot watch the config file's directory; checking the file every config_reload_interval ({period:?}) instead");
+                None
             }
-        }
-
-        let mut last = self.initial_text.clone();
-        let mut fallback = tokio::time::interval(self.cluster.settings().config_reload_interval);
-        fallback.tick().await;
+        };
+        let mut fallback = fallback_timer(period);
+        let mut last = self.loaded_text.clone();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                event = rx.recv() => {
+                event = rx.recv(), if events.is_some() => {
                     if event.is_none() {
-                        return;
+                        tracing::warn!("config file events stopped; checking the file every config_reload_interval instead");
+                        events = None;
+                        continue;
                     }
                     // Let the editor finish: drain the burst of events, then read once.
                     tokio::time::sleep(SETTLE).await;
@@ -127,6 +157,105 @@ impl BackgroundService for ConfigWatcher {
             })
             .await
             .unwrap_or_default();
+            // Follow a reloaded interval.
+            let now = self.cluster.snapshot().settings.config_reload_interval;
+            if now != period {
+                period = now;
+                fallback = fallback_timer(period);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Stats;
+
+    fn servers_toml(urls: &[&str], reload_interval: f64) -> String {
+        let mut text = String::from("[servers]\nservers = [\n");
+        for url in urls {
+            text.push_str(&format!("  {{ url = \"{url}\" }},\n"));
+        }
+        text + &format!("]\n[config]\nconfig_reload_interval = {reload_interval}\n")
+    }
+
+    fn no_events(
+        _: &Path,
+        _: &std::ffi::OsStr,
+        _: mpsc::UnboundedSender<()>,
+    ) -> notify::Result<Box<dyn Watcher + Send>> {
+        Err(notify::Error::generic(
+            "inotify: too many instances (simulated)",
+        ))
+    }
+
+    async fn wait_for_servers(cluster: &Cluster, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cluster.snapshot().backends.len() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {n} servers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn without_file_events_it_polls_and_follows_reloaded_intervals() {
+        let dir = std::env::temp_dir().join(format!("mvllm-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.toml");
+        let text = servers_toml(&["http://a:1"], 0.1);
+        std::fs::write(&path, &text).unwrap();
+        let (config, loaded) = Config::load_with_text(&path).unwrap();
+        let cluster = Arc::new(Cluster::new(config, Arc::new(Stats::new())).unwrap());
+        let mut watcher = ConfigWatcher::new(&path, Arc::clone(&cluster), loaded);
+        watcher.events = no_events;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { watcher.start(shutdown).await });
+
+        // notify failed: the 0.1 s check still picks the edit up. The edit also makes the
+        // check hourly.
+        std::fs::write(&path, servers_toml(&["http://a:1", "http://b:1"], 3600.0)).unwrap();
+        wait_for_servers(&cluster, 2).await;
+
+        // Now an edit waits for the hourly check (before the fix, 0.1 s stayed in force).
+        std::fs::write(
+            &path,
+            servers_toml(&["http://a:1", "http://b:1", "http://c:1"], 3600.0),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            cluster.snapshot().backends.len(),
+            2,
+            "the hourly interval is in force"
+        );
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the watcher stops on shutdown")
+            .unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn an_edit_made_before_the_watcher_starts_is_applied() {
+        let dir = std::env::temp_dir().join(format!("mvllm-watch-early-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.toml");
+        std::fs::write(&path, servers_toml(&["http://a:1"], 0.1)).unwrap();
+        let (config, loaded) = Config::load_with_text(&path).unwrap();
+        let cluster = Arc::new(Cluster::new(config, Arc::new(Stats::new())).unwrap());
+        // Edited after it was loaded, before the watcher looks: it differs from what runs.
+        std::fs::write(&path, servers_toml(&["http://a:1", "http://b:1"], 0.1)).unwrap();
+        let mut watcher = ConfigWatcher::new(&path, Arc::clone(&cluster), loaded);
+        watcher.events = no_events;
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move { watcher.start(shutdown).await });
+        wait_for_servers(&cluster, 2).await;
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

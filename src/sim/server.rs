@@ -153,7 +153,16 @@ pub async fn inject_faults(
     }
     match plan.action {
         Action::Serve => Ok(plan.cut_stream_after),
-        Action::Fail(status) => Err(injected_error(status).into_response()),
+        Action::Fail(status) => {
+            let mut response = injected_error(status).into_response();
+            if status == 429 {
+                // What a rate limiter in front of vLLM says: when to come back.
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+            }
+            Err(response)
+        }
         Action::Close => {
             if let Some(kill) = kill {
                 kill.close();
@@ -393,9 +402,7 @@ async fn clear_faults(State(state): State<Shared>) -> Response {
 /// The `X-Request-Id` a client sent, if it is usable as an id.
 pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("x-request-id")?.to_str().ok()?;
-    let usable =
-        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    usable.then(|| value.to_string())
+    crate::request_id::is_usable(value).then(|| value.to_string())
 }
 
 /// Adds `X-Request-Id` to a response.

@@ -3,25 +3,99 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a process may take to print its address and answer /health.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 
-/// Starts `mvllm <args>` and returns it with the first `http://` address it prints.
-fn spawn_with_address(args: &[String], marker: &'static str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mvllm"))
+/// What a process printed: its stdout lines and its stderr, kept as they come. Stderr is
+/// also passed on to the test's own stderr, so a failing test shows the logs.
+#[derive(Clone, Default)]
+pub struct Output {
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Output {
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds a line containing every one of `needles`; returns it.
+    pub async fn wait_stderr_line(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .stderr()
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+                .map(str::to_string);
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no stderr line with {needles:?} in:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until a stdout line contains `needle`.
+    pub async fn wait_stdout(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stdout_lines().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "stdout never said {needle:?}: {:?}",
+                self.stdout_lines()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Starts `mvllm <args>` (with `RUST_LOG=warn` unless `env` sets it) and returns it with the
+/// first `http://` address it prints, and what it prints.
+fn spawn_with_address(
+    args: &[String],
+    marker: &'static str,
+    env: &[(String, String)],
+) -> (Child, String, Output) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mvllm"));
+    command
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn mvllm");
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("spawn mvllm");
+    let output = Output::default();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let kept = Arc::clone(&output.stderr);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            let mut all = kept.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut url = None;
     for line in lines.by_ref() {
         let Ok(line) = line else { break };
+        output.stdout.lock().unwrap().push(line.clone());
         if line.contains(marker) {
             url = line
                 .split_whitespace()
@@ -31,9 +105,14 @@ fn spawn_with_address(args: &[String], marker: &'static str) -> (Child, String) 
         }
     }
     // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let kept = Arc::clone(&output.stdout);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
     match url {
-        Some(url) => (child, url),
+        Some(url) => (child, url, output),
         None => {
             let _ = child.kill();
             panic!("mvllm {args:?} did not print its address");
@@ -46,6 +125,7 @@ pub struct RouterProcess {
     child: Child,
     pub url: String,
     config: std::path::PathBuf,
+    pub output: Output,
 }
 
 impl RouterProcess {
@@ -75,23 +155,18 @@ impl RouterProcess {
         port: u16,
         extra: &[&str],
     ) -> RouterProcess {
-        let mut toml = String::from("[servers]\nservers = [\n");
-        for (url, capacity) in servers {
-            toml.push_str(&format!(
-                "  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"
-            ));
-        }
-        toml.push_str("]\n[config]\n");
-        toml.push_str(config_lines);
-        if !config_lines.contains("metrics_interval") {
-            toml.push_str("metrics_interval = 0.2\n");
-        }
-        let config = std::env::temp_dir().join(format!(
-            "mvllm-test-{}-{}.toml",
-            std::process::id(),
-            CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::write(&config, toml).unwrap();
+        Self::launch_with_env(servers, config_lines, port, extra, &[]).await
+    }
+
+    /// Like `launch`, with extra environment variables (e.g. `RUST_LOG`).
+    pub async fn launch_with_env(
+        servers: &[(&str, u32)],
+        config_lines: &str,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RouterProcess {
+        let config = Self::write_config(servers, config_lines);
         let port = port.to_string();
         let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1", "--port", &port]
             .iter()
@@ -102,11 +177,31 @@ impl RouterProcess {
                 config.to_string_lossy().into_owned(),
             ])
             .collect();
-        let (child, url) =
-            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let (child, url, output) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing", &env))
                 .await
                 .unwrap();
-        RouterProcess { child, url, config }
+        RouterProcess {
+            child,
+            url,
+            config,
+            output,
+        }
+    }
+
+    /// Writes the servers file a router will be started with (see `launch`).
+    pub fn write_config(servers: &[(&str, u32)], config_lines: &str) -> std::path::PathBuf {
+        let config = std::env::temp_dir().join(format!(
+            "mvllm-test-{}-{}.toml",
+            std::process::id(),
+            CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&config, servers_file(servers, config_lines)).unwrap();
+        config
     }
 
     /// Waits until /health counts `n` healthy servers.
@@ -155,16 +250,17 @@ impl RouterProcess {
     }
 
     /// Starts `mvllm <args>` as a router whose servers file this handle does not own.
-    async fn spawn_unowned(args: &[&str]) -> RouterProcess {
+    pub async fn spawn_unowned(args: &[&str]) -> RouterProcess {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, url) =
-            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing"))
+        let (child, url, output) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "routing", &[]))
                 .await
                 .unwrap();
         RouterProcess {
             child,
             url,
             config: std::path::PathBuf::new(),
+            output,
         }
     }
 
@@ -191,10 +287,42 @@ impl Drop for RouterProcess {
 
 static CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// A servers.toml: the servers ((url, capacity) pairs), then `[config]` with `config_lines`
+/// (and `metrics_interval = 0.2` unless they set it).
+pub fn servers_file(servers: &[(&str, u32)], config_lines: &str) -> String {
+    let mut toml = String::from("[servers]\nservers = [\n");
+    for (url, capacity) in servers {
+        toml.push_str(&format!(
+            "  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"
+        ));
+    }
+    toml.push_str("]\n[config]\n");
+    toml.push_str(config_lines);
+    if !config_lines.contains("metrics_interval") {
+        toml.push_str("metrics_interval = 0.2\n");
+    }
+    toml
+}
+
+/// Sends `signal` (e.g. "TERM", "STOP") to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 /// A running `mvllm sim`, killed on drop.
 pub struct Sim {
     child: Child,
     pub url: String,
+}
+
+impl Sim {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Sim {
@@ -205,8 +333,8 @@ impl Sim {
             .chain(args)
             .map(|s| s.to_string())
             .collect();
-        let (child, url) =
-            tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving"))
+        let (child, url, _) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving", &[]))
                 .await
                 .expect("reader thread");
         let sim = Sim { child, url };

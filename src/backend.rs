@@ -1,0 +1,359 @@
+//! One server behind the router: its entry in servers.toml ([`Backend`]) and what the router
+//! knows about it ([`ServerState`]: health, load, models, in-flight requests, stats).
+//!
+//! The state is keyed by the server's URL and outlives reloads: a reload that edits an entry
+//! (its capacity, its key) makes a new `Backend` around the same `ServerState`, so requests in
+//! flight keep counting against it and a retry still knows it was tried. Everything in it is
+//! an atomic or a small `ArcSwap`: the request path reads it without a lock. The poller is the
+//! only writer of scraped values; the request path changes in-flight counts and reports
+//! failures of real requests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::{ServerConfig, Settings};
+use crate::scrape::{LoadSample, ModelCard};
+use crate::stats::ServerStats;
+
+/// A server as the running config lists it.
+pub struct Backend {
+    pub cfg: ServerConfig,
+    pub state: Arc<ServerState>,
+}
+
+impl Backend {
+    /// The load estimate in request units: scraped running + 0.5 × scraped waiting + the
+    /// requests the router sent since that scrape.
+    ///
+    /// Scraped numbers are up to one poll interval old. Without the correction every request
+    /// of a burst would see the same "least loaded" server and go to it; with it, each request
+    /// sent counts at once, and a burst spreads in proportion to capacity.
+    pub fn load_units(&self) -> f64 {
+        let (running, waiting) = match &*self.state.load.load() {
+            Some(s) => (s.running, s.waiting),
+            None => (0.0, 0.0),
+        };
+        running + 0.5 * waiting + f64::from(self.state.unscraped.load(Relaxed))
+    }
+
+    /// The load score: [`load_units`](Self::load_units) over capacity. `/load-stats` shows it
+    /// as `utilization_percent`; the least-load policy picks the lowest.
+    pub fn score(&self) -> f64 {
+        self.load_units() / f64::from(self.cfg.max_concurrent_requests.max(1))
+    }
+}
+
+/// What the router knows about one server.
+pub struct ServerState {
+    pub url: Arc<str>,
+    /// The server's address, resolved off the request path (see poller.rs).
+    pub addr: ArcSwapOption<SocketAddr>,
+    healthy: AtomicBool,
+    /// A server that has never been healthy joins at its first good scrape; one that failed
+    /// needs `recovery_threshold` good scrapes in a row.
+    ever_healthy: AtomicBool,
+    consecutive_failures: AtomicU32,
+    consecutive_successes: AtomicU32,
+    /// The last scraped load, if any scrape succeeded.
+    pub load: ArcSwapOption<LoadSample>,
+    /// The models the server serves, from its last good `/v1/models`.
+    pub models: ArcSwap<Vec<ModelCard>>,
+    /// Whether `/v1/models` ever answered: until then the server's models are unknown.
+    models_known: AtomicBool,
+    /// Unix time (ms) of the last scrape attempt, 0 if none.
+    last_check_ms: AtomicU64,
+    /// Why the server is not healthy, or the last failure seen.
+    pub last_error: ArcSwapOption<String>,
+    /// Requests the router is forwarding to this server right now.
+    in_flight: AtomicU32,
+    /// Of those, the ones started since the last scrape: the scrape does not count them yet.
+    unscraped: AtomicU32,
+    /// Incremented at every scrape; an in-flight request started in an older epoch is already
+    /// part of the scraped numbers.
+    epoch: AtomicU64,
+    /// Its handles into the stats hub.
+    pub stats: ServerStats,
+}
+
+impl ServerState {
+    pub fn new(url: &str, stats: ServerStats) -> ServerState {
+        ServerState {
+            url: url.into(),
+            addr: ArcSwapOption::empty(),
+            // Not routable until its first scrape succeeds.
+            healthy: AtomicBool::new(false),
+            ever_healthy: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            consecutive_successes: AtomicU32::new(0),
+            load: ArcSwapOption::empty(),
+            models: ArcSwap::from_pointee(Vec::new()),
+            models_known: AtomicBool::new(false),
+            last_check_ms: AtomicU64::new(0),
+            last_error: ArcSwapOption::from_pointee("not checked yet".to_string()),
+            in_flight: AtomicU32::new(0),
+            unscraped: AtomicU32::new(0),
+            epoch: AtomicU64::new(0),
+            stats,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Relaxed)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Unix time in milliseconds of the last scrape, if any.
+    pub fn last_check_ms(&self) -> Option<u64> {
+        Some(self.last_check_ms.load(Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// Whether the server lists `model` (an exact id: served names, aliases, LoRA adapters).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.load().iter().any(|m| m.id == model)
+    }
+
+    /// Counts a request as in flight to this server until the guard ends (on success,
+    /// error, retry or client disconnect alike).
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.unscraped.fetch_add(1, Relaxed);
+        InFlight {
+            server: Arc::clone(self),
+            epoch: self.epoch.load(Relaxed),
+            ended: false,
+        }
+    }
+
+    /// Records a successful scrape of `/metrics`.
+    pub fn scrape_succeeded(&self, load: LoadSample, settings: &Settings) {
+        // Requests in flight now are in the scraped numbers; only later ones are not.
+        self.epoch.fetch_add(1, Relaxed);
+        self.unscraped.store(0, Relaxed);
+        self.load.store(Some(Arc::new(load)));
+        self.touch();
+        self.consecutive_failures.store(0, Relaxed);
+        let successes = self.consecutive_successes.fetch_add(1, Relaxed) + 1;
+        let needed = if self.ever_healthy.load(Relaxed) {
+            settings.recovery_threshold
+        } else {
+            1
+        };
+        if !self.is_healthy() && successes >= needed && self.has_models() {
+            self.healthy.store(true, Relaxed);
+            self.ever_healthy.store(true, Relaxed);
+            self.last_error.store(None);
+            tracing::info!(server = %self.url, "server is healthy");
+        }
+    }
+
+    /// Records a failed scrape, or a failure of a real request (connect error, reset, timeout,
+    /// 5xx). A client's 4xx is never reported here.
+    pub fn record_failure(&self, why: String, settings: &Settings) {
+        self.consecutive_successes.store(0, Relaxed);
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if self.is_healthy() && failures >= settings.failure_threshold {
+            self.healthy.store(false, Relaxed);
+            tracing::warn!(server = %self.url, failures, reason = %why, "server is unhealthy");
+        }
+        self.last_error.store(Some(Arc::new(why)));
+    }
+
+    /// Records a scrape attempt that failed.
+    pub fn scrape_failed(&self, why: String, settings: &Settings) {
+        self.touch();
+        self.record_failure(why, settings);
+    }
+
+    /// A real request to the server got a good answer: the failure streak ends.
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+    }
+
+    pub fn set_models(&self, models: Vec<ModelCard>) {
+        self.models.store(Arc::new(models));
+        self.models_known.store(true, Relaxed);
+    }
+
+    /// Whether the server's model list has been read at least once.
+    pub fn models_known(&self) -> bool {
+        self.models_known.load(Relaxed)
+    }
+
+    fn has_models(&self) -> bool {
+        !self.models.load().is_empty()
+    }
+
+    fn touch(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        self.last_check_ms.store(now.as_millis() as u64, Relaxed);
+    }
+}
+
+/// A request in flight to a server; ending it (or dropping it) ends the request's share of
+/// the server's load, once.
+pub struct InFlight {
+    server: Arc<ServerState>,
+    epoch: u64,
+    ended: bool,
+}
+
+impl InFlight {
+    pub fn server(&self) -> &Arc<ServerState> {
+        &self.server
+    }
+
+    pub fn end(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let s = &self.server;
+        s.in_flight.fetch_sub(1, Relaxed);
+        if s.epoch.load(Relaxed) == self.epoch {
+            // Not yet absorbed by a scrape: take it back out of the correction. (A scrape
+            // racing with this can leave the correction one too low until the next scrape
+            // resets it; that is tolerated.)
+            let _ = s
+                .unscraped
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::scrape::Flavor;
+    use crate::stats::Stats;
+
+    pub fn server(url: &str, capacity: u32) -> ServerConfig {
+        ServerConfig {
+            url: url.into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            max_concurrent_requests: capacity,
+            api_key: None,
+        }
+    }
+
+    pub fn sample(running: f64, waiting: f64) -> LoadSample {
+        LoadSample {
+            flavor: Flavor::Vllm,
+            running,
+            waiting,
+            kv_cache_usage: None,
+        }
+    }
+
+    pub fn model(id: &str) -> ModelCard {
+        ModelCard {
+            id: id.into(),
+            card: serde_json::json!({"id": id}),
+        }
+    }
+
+    /// A backend that has never been checked.
+    pub fn unchecked(url: &str, capacity: u32) -> Backend {
+        Backend {
+            cfg: server(url, capacity),
+            state: Arc::new(ServerState::new(url, Stats::new().server(url))),
+        }
+    }
+
+    /// A healthy backend serving `models`, with a scraped load.
+    pub fn healthy(url: &str, capacity: u32, models: &[&str], running: f64) -> Backend {
+        let b = unchecked(url, capacity);
+        b.state
+            .set_models(models.iter().map(|m| model(m)).collect());
+        let settings = Settings::default();
+        for _ in 0..settings.recovery_threshold {
+            b.state.scrape_succeeded(sample(running, 0.0), &settings);
+        }
+        assert!(b.state.is_healthy());
+        b
+    }
+
+    #[test]
+    fn health_needs_consecutive_failures_and_successes() {
+        let settings = Settings::default(); // 2 and 2
+        let b = healthy("http://a", 4, &["m"], 0.0);
+        let s = &b.state;
+        s.record_failure("reset".into(), &settings);
+        assert!(s.is_healthy(), "one failure is not enough");
+        s.scrape_succeeded(sample(0.0, 0.0), &settings);
+        s.record_failure("reset".into(), &settings);
+        assert!(s.is_healthy(), "a success in between resets the streak");
+        s.record_failure("reset".into(), &settings);
+        assert!(!s.is_healthy());
+        assert_eq!(
+            s.last_error.load().as_deref().map(String::as_str),
+            Some("reset")
+        );
+        s.scrape_succeeded(sample(0.0, 0.0), &settings);
+        assert!(!s.is_healthy(), "one success is not enough");
+        s.scrape_succeeded(sample(0.0, 0.0), &settings);
+        assert!(s.is_healthy());
+    }
+
+    #[test]
+    fn a_new_server_joins_at_its_first_good_scrape() {
+        let b = unchecked("http://a", 4);
+        b.state.set_models(vec![model("m")]);
+        b.state
+            .scrape_succeeded(sample(0.0, 0.0), &Settings::default());
+        assert!(b.state.is_healthy());
+    }
+
+    #[test]
+    fn a_server_without_models_does_not_become_healthy() {
+        let b = unchecked("http://a", 4);
+        let settings = Settings::default();
+        for _ in 0..5 {
+            b.state.scrape_succeeded(sample(0.0, 0.0), &settings);
+        }
+        assert!(!b.state.is_healthy());
+    }
+
+    #[test]
+    fn score_counts_requests_sent_since_the_scrape() {
+        let settings = Settings::default();
+        let b = healthy("http://a", 4, &["m"], 1.0);
+        assert_eq!(b.score(), 0.25);
+        let first = b.state.start_request();
+        let mut second = b.state.start_request();
+        assert_eq!(b.score(), 0.75);
+        drop(first);
+        assert_eq!(b.score(), 0.5);
+        // The scrape now sees the remaining request in `running`: no double counting.
+        b.state.scrape_succeeded(sample(2.0, 2.0), &settings);
+        assert_eq!(b.score(), 0.75);
+        assert_eq!(b.state.in_flight(), 1);
+        second.end();
+        assert_eq!(
+            b.score(),
+            0.75,
+            "it left after the scrape: the next scrape will show it"
+        );
+        assert_eq!(b.state.in_flight(), 0);
+        drop(second);
+        assert_eq!(b.state.in_flight(), 0, "ending twice counts once");
+    }
+}

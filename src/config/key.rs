@@ -1,0 +1,411 @@
+//! How a config key is declared, once: its kind (what values it takes, with range), its
+//! default and its description. Parsing, range checks, error texts, defaults and
+//! `check-config`'s listing all come from that one declaration; the keys themselves are in
+//! `sections.rs`.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// Why a value was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// Not even the right TOML type (serde's words: "invalid type: string \"30s\", expected a
+    /// number"). Reported with the key as written.
+    WrongType(String),
+    /// The right type, but not an allowed value. Reported with the key's full path.
+    NotAllowed(String),
+}
+
+/// What values a key takes.
+pub trait Kind {
+    type Value;
+    fn default_value(&self) -> Self::Value;
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError>;
+    /// What is allowed, in words ("a number of seconds from 0.05 to 604800").
+    fn allowed(&self) -> String;
+    /// A value as `check-config` shows it.
+    fn show(&self, value: &Self::Value) -> String;
+}
+
+/// A key as `check-config --keys`, the docs test and error messages see it.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub name: &'static str,
+    /// The declaration's doc comment, one entry per line.
+    pub doc: &'static [&'static str],
+    pub default: String,
+    pub allowed: String,
+}
+
+impl KeyInfo {
+    /// The doc comment as one line of text.
+    pub fn description(&self) -> String {
+        let words: Vec<&str> = self.doc.iter().map(|line| line.trim()).collect();
+        words.join(" ")
+    }
+}
+
+/// A table of declared keys (`[config]`, `[routing]`, one server entry).
+pub trait Section: Default {
+    /// The table's name in servers.toml, used to qualify keys in messages.
+    const NAME: &'static str;
+    /// Keys accepted for compatibility that have no effect, and why.
+    const IGNORED: &'static [&'static str];
+    const IGNORED_WHY: &'static str;
+    fn keys() -> Vec<KeyInfo>;
+    /// Sets `key` from `value`; `None` if the section has no such key.
+    fn set(&mut self, key: &str, value: &Spanned<DeValue<'_>>) -> Option<Result<(), ReadError>>;
+    /// Every key with its current value, as `check-config` shows them.
+    fn values(&self) -> Vec<(&'static str, String)>;
+}
+
+/// Declares a section: the struct (one field per key, documented), its defaults, and the
+/// [`Section`] impl that reads it. A key is one line: `name: Type = Kind { … },` under its
+/// doc comment, which is also what `check-config` prints for it.
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        pub struct $name:ident in $section:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $ty:ty = $kind:expr,
+            )*
+        }
+        $(ignored [$($ignored:literal),* $(,)?] because $why:literal)?
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                use $crate::config::key::Kind as _;
+                $name { $( $field: ($kind).default_value(), )* }
+            }
+        }
+
+        impl $crate::config::key::Section for $name {
+            const NAME: &'static str = $section;
+            const IGNORED: &'static [&'static str] = &[$($($ignored),*)?];
+            const IGNORED_WHY: &'static str = concat!("" $(, $why)?);
+
+            fn keys() -> Vec<$crate::config::key::KeyInfo> {
+                use $crate::config::key::Kind as _;
+                vec![$(
+                    $crate::config::key::KeyInfo {
+                        name: stringify!($field),
+                        doc: &[$($doc),*],
+                        default: ($kind).show(&($kind).default_value()),
+                        allowed: ($kind).allowed(),
+                    },
+                )*]
+            }
+
+            fn set(
+                &mut self,
+                key: &str,
+                value: &toml::Spanned<toml::de::DeValue<'_>>,
+            ) -> Option<Result<(), $crate::config::key::ReadError>> {
+                use $crate::config::key::Kind as _;
+                match key {
+                    $( stringify!($field) => Some(($kind).read(value).map(|v| self.$field = v)), )*
+                    _ => None,
+                }
+            }
+
+            fn values(&self) -> Vec<(&'static str, String)> {
+                use $crate::config::key::Kind as _;
+                vec![$( (stringify!($field), ($kind).show(&self.$field)), )*]
+            }
+        }
+    };
+}
+pub(crate) use section;
+
+/// Reads a value with serde, as the TOML type `T`; serde's message names what was expected.
+fn typed<'de, T: Deserialize<'de>>(value: &Spanned<DeValue<'de>>) -> Result<T, ReadError> {
+    T::deserialize(ValueDeserializer::from(value.clone())).map_err(|e| {
+        ReadError::WrongType(
+            e.message()
+                .trim_end()
+                .replace("expected f64", "expected a number")
+                .replace("expected i64", "expected a whole number")
+                .replace("expected a string", "expected a string in quotes"),
+        )
+    })
+}
+
+/// The longest setting, in seconds (a week).
+pub const MAX_SECONDS: f64 = 604_800.0;
+
+/// A duration written as seconds (fractions allowed).
+pub struct Seconds {
+    pub default: f64,
+    pub min: f64,
+}
+
+impl Kind for Seconds {
+    type Value = Duration;
+    fn default_value(&self) -> Duration {
+        Duration::from_secs_f64(self.default)
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Duration, ReadError> {
+        let v: f64 = typed(value)?;
+        if !(self.min..=MAX_SECONDS).contains(&v) {
+            return Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v}",
+                self.allowed()
+            )));
+        }
+        Ok(Duration::from_secs_f64(v))
+    }
+    fn allowed(&self) -> String {
+        format!("a number of seconds from {} to {MAX_SECONDS}", self.min)
+    }
+    fn show(&self, value: &Duration) -> String {
+        format!("{value:?}")
+    }
+}
+
+/// A whole number in a range.
+pub struct Whole<T> {
+    pub default: T,
+    pub min: T,
+    pub max: T,
+}
+
+impl<T> Kind for Whole<T>
+where
+    T: Copy + Display + Into<i128> + TryFrom<i128>,
+{
+    type Value = T;
+    fn default_value(&self) -> T {
+        self.default
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<T, ReadError> {
+        let v: i64 = typed(value)?;
+        let wide = i128::from(v);
+        if wide < self.min.into() || wide > self.max.into() {
+            return Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v}",
+                self.allowed()
+            )));
+        }
+        T::try_from(wide).map_err(|_| ReadError::NotAllowed(self.allowed()))
+    }
+    fn allowed(&self) -> String {
+        format!("a whole number from {} to {}", self.min, self.max)
+    }
+    fn show(&self, value: &T) -> String {
+        value.to_string()
+    }
+}
+
+/// One of a fixed list of names.
+pub struct OneOf {
+    pub default: &'static str,
+    pub allowed: &'static [&'static str],
+}
+
+impl Kind for OneOf {
+    type Value = &'static str;
+    fn default_value(&self) -> &'static str {
+        self.default
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<&'static str, ReadError> {
+        let v: String = typed(value)?;
+        self.allowed
+            .iter()
+            .find(|name| **name == v)
+            .copied()
+            .ok_or_else(|| ReadError::NotAllowed(format!("must be {}, got {v:?}", self.allowed())))
+    }
+    fn allowed(&self) -> String {
+        let names: Vec<String> = self.allowed.iter().map(|n| format!("{n:?}")).collect();
+        format!("one of {}", names.join(", "))
+    }
+    fn show(&self, value: &&'static str) -> String {
+        value.to_string()
+    }
+}
+
+/// A secret string (an API key): optional, never shown.
+pub struct Secret;
+
+impl Kind for Secret {
+    type Value = Option<String>;
+    fn default_value(&self) -> Option<String> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
+        let v: String = typed(value)?;
+        Ok(Some(v).filter(|k| !k.is_empty()))
+    }
+    fn allowed(&self) -> String {
+        "a string (never shown)".into()
+    }
+    fn show(&self, value: &Option<String>) -> String {
+        if value.is_some() { "set" } else { "none" }.into()
+    }
+}
+
+/// A server's address: `http://HOST[:PORT]`. Required (its default is "missing").
+pub struct ServerUrl;
+
+/// A checked server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// `http://host:port` as written, without a trailing slash.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Kind for ServerUrl {
+    type Value = Option<Url>;
+    fn default_value(&self) -> Option<Url> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<Url>, ReadError> {
+        let v: String = typed(value)?;
+        parse_server_url(&v)
+            .map(Some)
+            .map_err(ReadError::NotAllowed)
+    }
+    fn allowed(&self) -> String {
+        "http://HOST[:PORT] (required)".into()
+    }
+    fn show(&self, value: &Option<Url>) -> String {
+        value.as_ref().map_or("missing".into(), |u| u.url.clone())
+    }
+}
+
+/// Checks a server URL: `http://host[:port]`, nothing after the authority but an optional `/`.
+pub fn parse_server_url(url: &str) -> Result<Url, String> {
+    let allowed = "expected http://HOST[:PORT], e.g. \"http://10.0.0.5:8000\"";
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?} uses https, which this build does not support yet; use http:// (vLLM serves plain HTTP)"
+        ));
+    } else {
+        return Err(format!("{url:?} is not an http URL; {allowed}"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "{url:?} has no host, or has a path, query or user; {allowed}"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal like [::1] without a port has colons but ends with ']'.
+        Some((host, port)) if !authority.ends_with(']') => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    format!("{url:?} has port {port:?}; a port is a number from 1 to 65535")
+                })?;
+            (host, port)
+        }
+        _ => (authority, 80),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host; {allowed}"));
+    }
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(Url {
+        url: format!("http://{authority}"),
+        host,
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str) -> Spanned<DeValue<'_>> {
+        DeValue::parse(text).unwrap()
+    }
+
+    #[test]
+    fn kinds_read_check_and_show() {
+        let s = Seconds {
+            default: 1.0,
+            min: 0.5,
+        };
+        assert_eq!(s.read(&value("2")), Ok(Duration::from_secs(2)));
+        assert_eq!(s.read(&value("0.75")), Ok(Duration::from_millis(750)));
+        assert_eq!(
+            s.read(&value("0.1")),
+            Err(ReadError::NotAllowed(
+                "must be a number of seconds from 0.5 to 604800, got 0.1".into()
+            ))
+        );
+        assert!(
+            matches!(s.read(&value("\"1s\"")), Err(ReadError::WrongType(m)) if m.contains("expected a number"))
+        );
+
+        let w = Whole::<u32> {
+            default: 2,
+            min: 1,
+            max: 100,
+        };
+        assert_eq!(w.read(&value("100")), Ok(100));
+        assert!(matches!(
+            w.read(&value("101")),
+            Err(ReadError::NotAllowed(_))
+        ));
+        assert!(
+            matches!(w.read(&value("1.5")), Err(ReadError::WrongType(m)) if m.contains("whole number"))
+        );
+
+        let o = OneOf {
+            default: "a",
+            allowed: &["a", "b"],
+        };
+        assert_eq!(o.read(&value("\"b\"")), Ok("b"));
+        assert_eq!(
+            o.read(&value("\"c\"")),
+            Err(ReadError::NotAllowed(
+                "must be one of \"a\", \"b\", got \"c\"".into()
+            ))
+        );
+        assert_eq!(
+            Secret.show(&Some("k".into())),
+            "set",
+            "keys are never shown"
+        );
+    }
+
+    #[test]
+    fn server_urls() {
+        let url = |u| parse_server_url(u).map(|u| (u.host, u.port, u.url));
+        assert_eq!(
+            url("http://h").unwrap(),
+            ("h".into(), 80, "http://h".into())
+        );
+        assert_eq!(
+            url("http://[::1]:9000/").unwrap(),
+            ("::1".into(), 9000, "http://[::1]:9000".into())
+        );
+        assert!(url("https://h").unwrap_err().contains("https"));
+        assert!(url("http://h/v1").is_err());
+        assert!(url("http://h:0").is_err());
+        assert!(url("http://h:99999").is_err());
+        assert!(url("http://:80").is_err());
+        assert!(url("ftp://h").is_err());
+    }
+}

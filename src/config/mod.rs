@@ -1,0 +1,624 @@
+//! `servers.toml`: the vLLM servers behind the router and the router's settings.
+//!
+//! The format is the Python mvllm's, so existing files keep working:
+//!
+//! ```toml
+//! [servers]
+//! servers = [
+//!     { url = "http://gpu-1:8000", max_concurrent_requests = 16 },
+//!     { url = "http://gpu-2:8000", max_concurrent_requests = 4, api_key = "token" },
+//! ]
+//!
+//! [config]
+//! health_check_interval = 10
+//! request_timeout = 600
+//! max_retries = 3
+//!
+//! [routing]
+//! policy = "least-load"
+//! ```
+//!
+//! Every key is declared once, in `sections.rs`; this file walks the document and reports
+//! every mistake with the file, the line, the key and what is allowed. Unknown keys are
+//! mistakes too (a misspelt setting must not silently fall back to its default).
+
+mod key;
+mod sections;
+
+use std::fmt::{self, Display};
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+pub use key::{parse_server_url, KeyInfo, Section, Url};
+pub use sections::{Routing, ServerEntry, Settings};
+
+use key::ReadError;
+
+/// One vLLM (or SGLang) server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `http://host:port`, without a trailing slash.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Requests the server is sized for: the denominator of its load score.
+    pub max_concurrent_requests: u32,
+    /// Sent to this server as `Authorization: Bearer <key>` (its `--api-key`).
+    pub api_key: Option<String>,
+}
+
+/// A validated `servers.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub source: PathBuf,
+    pub servers: Vec<ServerConfig>,
+    pub settings: Settings,
+    pub routing: Routing,
+    /// Keys of the Python mvllm that are accepted but have no effect here, with why.
+    pub ignored: Vec<Ignored>,
+}
+
+/// A key accepted for compatibility that has no effect: its full name, and why.
+pub type Ignored = (String, &'static str);
+
+/// A config mistake, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The top-level tables, in the order `check-config` lists them.
+const TABLES: &[&str] = &["servers", "config", "routing"];
+
+/// The document being read: its text (for line numbers) and its path (for messages).
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    fn error(&self, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            message,
+        }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
+    /// `line L, key K: message`.
+    fn at(&self, offset: usize, key: &str, message: impl Display) -> ConfigError {
+        self.error(format!("line {}, key {key}: {message}", self.line(offset)))
+    }
+
+    /// An unknown key, with the keys that are allowed where it stands.
+    fn unknown(&self, key: &Spanned<std::borrow::Cow<'_, str>>, allowed: &[&str]) -> ConfigError {
+        let allowed: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
+        self.at(
+            key.span().start,
+            key.get_ref(),
+            format!(
+                "unknown field `{}`, expected one of {}",
+                key.get_ref(),
+                allowed.join(", ")
+            ),
+        )
+    }
+
+    /// A value that is not a table where one is needed.
+    fn not_a_table(&self, key: &str, value: &Spanned<DeValue<'_>>) -> ConfigError {
+        self.at(
+            value.span().start,
+            key,
+            format!("expected a table, got a {}", value.get_ref().type_str()),
+        )
+    }
+
+    /// Reads a declared table; `path` qualifies its keys in messages (`config`,
+    /// `servers.servers[2]`). Returns the section and the ignored keys it held.
+    fn section<S: Section>(
+        &self,
+        path: &str,
+        table: &DeTable<'_>,
+    ) -> Result<(S, Vec<Ignored>), ConfigError> {
+        let mut section = S::default();
+        let mut ignored = Vec::new();
+        for (key, value) in table.iter() {
+            let name = key.get_ref().as_ref();
+            match section.set(name, value) {
+                Some(Ok(())) => {}
+                Some(Err(ReadError::WrongType(why))) => {
+                    return Err(self.at(value.span().start, name, why))
+                }
+                Some(Err(ReadError::NotAllowed(why))) => {
+                    return Err(self.at(value.span().start, &format!("{path}.{name}"), why))
+                }
+                None if S::IGNORED.contains(&name) => {
+                    ignored.push((format!("{path}.{name}"), S::IGNORED_WHY));
+                }
+                None => {
+                    let keys = S::keys();
+                    let allowed: Vec<&str> = keys.iter().map(|k| k.name).collect();
+                    return Err(self.unknown(key, &allowed));
+                }
+            }
+        }
+        Ok((section, ignored))
+    }
+
+    /// `[servers] servers = [ {...}, ... ]`.
+    fn servers(&self, table: &DeTable<'_>) -> Result<Vec<ServerConfig>, ConfigError> {
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        for (key, value) in table.iter() {
+            if key.get_ref() != "servers" {
+                return Err(self.unknown(key, &["servers"]));
+            }
+            let Some(entries) = value.get_ref().as_array() else {
+                return Err(self.at(
+                    value.span().start,
+                    "servers",
+                    format!(
+                        "expected a list of server tables, got a {}",
+                        value.get_ref().type_str()
+                    ),
+                ));
+            };
+            for (index, entry) in entries.iter().enumerate() {
+                let path = format!("servers.servers[{index}]");
+                let Some(fields) = entry.get_ref().as_table() else {
+                    return Err(self.not_a_table(&path, entry));
+                };
+                let (entry_keys, _) = self.section::<ServerEntry>(&path, fields)?;
+                let Some(url) = entry_keys.url else {
+                    return Err(self.at(
+                        entry.span().start,
+                        &path,
+                        "has no url; every server needs url = \"http://HOST[:PORT]\"",
+                    ));
+                };
+                if servers.iter().any(|s| s.url == url.url) {
+                    let offset = fields
+                        .get("url")
+                        .map_or(entry.span().start, |v| v.span().start);
+                    return Err(self.at(
+                        offset,
+                        &format!("{path}.url"),
+                        format!("{} is listed twice; each server may appear once", url.url),
+                    ));
+                }
+                servers.push(ServerConfig {
+                    url: url.url,
+                    host: url.host,
+                    port: url.port,
+                    max_concurrent_requests: entry_keys.max_concurrent_requests,
+                    api_key: entry_keys.api_key,
+                });
+            }
+        }
+        Ok(servers)
+    }
+
+    /// A syntax error (or a duplicate key) from the TOML parser, placed at its line and key.
+    fn syntax(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim_end();
+        let place = match e.span() {
+            Some(span) => {
+                // A value's error names the key before it; a key's error (a duplicate, say)
+                // spans the key itself.
+                let spanned = self
+                    .text
+                    .get(span.clone())
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty() && k.len() <= 64 && !k.contains(['\n', '=']));
+                match key_before(self.text, span.start).or(spanned) {
+                    Some(key) => format!("line {}, key {key}: ", self.line(span.start)),
+                    None => format!("line {}: ", self.line(span.start)),
+                }
+            }
+            None => String::new(),
+        };
+        self.error(format!("{place}{message}"))
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// Reads and validates a config file; also returns the text it was read from, so that
+    /// the watcher compares later edits with exactly what is running (the file is read once).
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        let config = Config::parse(&text, path)?;
+        Ok((config, text))
+    }
+
+    /// Validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let source = Source { text, path };
+        let document = DeTable::parse(text).map_err(|e| source.syntax(&e))?;
+        let mut config = Config {
+            source: path.to_path_buf(),
+            servers: Vec::new(),
+            settings: Settings::default(),
+            routing: Routing::default(),
+            ignored: Vec::new(),
+        };
+        for (key, value) in document.get_ref().iter() {
+            let name = key.get_ref().as_ref();
+            if !TABLES.contains(&name) {
+                return Err(source.unknown(key, TABLES));
+            }
+            let Some(table) = value.get_ref().as_table() else {
+                return Err(source.not_a_table(name, value));
+            };
+            match name {
+                "servers" => config.servers = source.servers(table)?,
+                "config" => {
+                    let (settings, ignored) = source.section::<Settings>(name, table)?;
+                    config.settings = settings;
+                    config.ignored.extend(ignored);
+                }
+                _ => {
+                    let (routing, ignored) = source.section::<Routing>(name, table)?;
+                    config.routing = routing;
+                    config.ignored.extend(ignored);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Every declared key of every table, for `check-config --keys` and the docs test.
+    pub fn keys() -> Vec<(&'static str, Vec<KeyInfo>)> {
+        vec![
+            ("servers.servers[]", ServerEntry::keys()),
+            (Settings::NAME, Settings::keys()),
+            (Routing::NAME, Routing::keys()),
+        ]
+    }
+
+    /// A human-readable summary, for `mvllm check-config`: the servers, then every setting
+    /// with its value and what it does.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let n = self.servers.len();
+        let _ = writeln!(
+            out,
+            "{}: valid, {n} server{}",
+            self.source.display(),
+            if n == 1 { "" } else { "s" }
+        );
+        for server in &self.servers {
+            let key = if server.api_key.is_some() {
+                ", api key set"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:<32} capacity {}{key}",
+                server.url, server.max_concurrent_requests
+            );
+        }
+        if n == 0 {
+            let _ = writeln!(
+                out,
+                "  (no servers: the router would answer every request with 503)"
+            );
+        }
+        describe_section(&mut out, &self.settings);
+        describe_section(&mut out, &self.routing);
+        for (key, why) in &self.ignored {
+            let _ = writeln!(out, "note: {key} is accepted but has no effect ({why})");
+        }
+        out
+    }
+
+    /// Every key with its default, what is allowed and what it does (`check-config --keys`).
+    pub fn describe_keys() -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (table, keys) in Config::keys() {
+            let _ = writeln!(out, "[{table}]");
+            for key in keys {
+                let _ = writeln!(
+                    out,
+                    "  {:<24} default {}; {}\n  {:<24} {}",
+                    key.name,
+                    key.default,
+                    key.allowed,
+                    "",
+                    key.description()
+                );
+            }
+        }
+        out
+    }
+}
+
+/// `[name]` and each key's value, marked when it is not the default, with its description.
+fn describe_section<S: Section>(out: &mut String, section: &S) {
+    use std::fmt::Write as _;
+    let defaults = S::default().values();
+    let keys = S::keys();
+    let _ = writeln!(out, "[{}]", S::NAME);
+    for ((name, value), ((_, default), key)) in
+        section.values().into_iter().zip(defaults.iter().zip(&keys))
+    {
+        let mark = if value == *default { ' ' } else { '*' };
+        let _ = writeln!(
+            out,
+            " {mark}{name:<24} {value:<12} {}",
+            first_sentence(&key.description())
+        );
+    }
+}
+
+fn first_sentence(text: &str) -> &str {
+    match text.find(". ") {
+        Some(end) => &text[..end + 1],
+        None => text,
+    }
+}
+
+/// The key whose value starts at `offset`: the name before the nearest `=` on that line.
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset)?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let (lhs, _) = line.rsplit_once('=')?;
+    let key = lhs
+        .trim_end()
+        .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
+        .next()?;
+    (!key.is_empty()).then_some(key)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("servers.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_python_mvllm_example_loads() {
+        let text = r#"
+[servers]
+servers = [
+    { url = "http://localhost:8801", max_concurrent_requests = 10 },
+    { url = "http://localhost:8802", max_concurrent_requests = 3 },
+    { url = "http://localhost:8803" },
+]
+
+[config]
+health_check_interval = 10
+config_reload_interval = 30
+request_timeout = 30
+health_check_timeout = 5
+max_retries = 3
+failure_threshold = 2
+auto_recovery_threshold = 60
+enable_active_health_check = true
+health_check_max_response_time = 10.0
+health_check_min_success_rate = 0.8
+health_check_window_size = 10
+health_check_consecutive_failures = 3
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.servers[0].url, "http://localhost:8801");
+        assert_eq!(
+            (c.servers[0].host.as_str(), c.servers[0].port),
+            ("localhost", 8801)
+        );
+        assert_eq!(
+            c.servers[2].max_concurrent_requests, 3,
+            "the seed's default"
+        );
+        assert_eq!(c.settings.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.settings.health_check_interval, Duration::from_secs(10));
+        assert_eq!(c.settings.metrics_interval, Duration::from_secs(1));
+        assert_eq!(c.ignored.len(), 6);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let c = parse(include_str!("../../servers.example.toml")).unwrap();
+        assert_eq!(c.servers.len(), 3);
+        assert!(c.ignored.is_empty(), "the example uses no ignored keys");
+        assert_eq!(
+            c.settings,
+            Settings::default(),
+            "the example shows the defaults"
+        );
+    }
+
+    #[test]
+    fn empty_file_means_no_servers_and_defaults() {
+        let c = parse("").unwrap();
+        assert!(c.servers.is_empty());
+        assert_eq!(c.settings, Settings::default());
+    }
+
+    #[test]
+    fn router_settings_and_api_keys() {
+        let c = parse(
+            "[servers]\nservers = [{ url = \"http://[::1]:9000/\", api_key = \"k\" }]\n\
+             [config]\nmetrics_interval = 0.5\nmax_body_bytes = 1048576\nfirst_byte_timeout = 20\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers[0].url, "http://[::1]:9000");
+        assert_eq!(c.servers[0].host, "::1");
+        assert_eq!(c.servers[0].api_key.as_deref(), Some("k"));
+        assert_eq!(c.settings.metrics_interval, Duration::from_millis(500));
+        assert_eq!(c.settings.max_body_bytes, 1 << 20);
+        assert_eq!(c.settings.first_byte_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn mistakes_name_file_line_key_and_what_is_allowed() {
+        let unknown = parse("[config]\nmax_retrys = 3\n").unwrap_err();
+        assert!(unknown.starts_with("servers.toml: line 2"), "{unknown}");
+        assert!(unknown.contains("unknown field `max_retrys`"), "{unknown}");
+        assert!(
+            unknown.contains("max_retries"),
+            "lists the allowed keys: {unknown}"
+        );
+
+        let wrong_type = parse("[config]\n\nrequest_timeout = \"30s\"\n").unwrap_err();
+        assert_eq!(
+            wrong_type,
+            "servers.toml: line 3, key request_timeout: invalid type: string \"30s\", expected a number"
+        );
+        let in_table = parse(
+            "[servers]\nservers = [{ url = \"http://a:1\", max_concurrent_requests = \"8\" }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            in_table.contains("line 2, key max_concurrent_requests: invalid type"),
+            "{in_table}"
+        );
+
+        let twice = parse("[config]\nmax_retries = 1\nmax_retries = 2\n").unwrap_err();
+        assert!(
+            twice.starts_with("servers.toml: line 3, key max_retries: duplicate key"),
+            "{twice}"
+        );
+
+        let range = parse("[config]\nmax_retries = -1\n").unwrap_err();
+        assert_eq!(
+            range,
+            "servers.toml: line 2, key config.max_retries: must be a whole number from 0 to 100, got -1"
+        );
+
+        let url = parse(
+            "[servers]\nservers = [\n { url = \"http://a:1\" },\n { url = \"gpu-2:8000\" },\n]\n",
+        )
+        .unwrap_err();
+        assert!(url.starts_with("servers.toml: line 4, key servers.servers[1].url: \"gpu-2:8000\" is not an http URL"), "{url}");
+
+        let capacity =
+            parse("[servers]\nservers = [{ url = \"http://a:1\", max_concurrent_requests = 0 }]\n")
+                .unwrap_err();
+        assert!(
+            capacity.contains(
+                "key servers.servers[0].max_concurrent_requests: must be a whole number from 1"
+            ),
+            "{capacity}"
+        );
+
+        let twice =
+            parse("[servers]\nservers = [{ url = \"http://a:1\" }, { url = \"http://a:1/\" }]\n")
+                .unwrap_err();
+        assert!(twice.contains("listed twice"), "{twice}");
+
+        let unknown_server_key =
+            parse("[servers]\nservers = [{ url = \"http://a:1\", weight = 2 }]\n").unwrap_err();
+        assert!(
+            unknown_server_key.contains("unknown field `weight`"),
+            "{unknown_server_key}"
+        );
+    }
+
+    #[test]
+    fn every_key_has_a_default_a_range_and_a_description() {
+        for (table, keys) in Config::keys() {
+            assert!(!keys.is_empty(), "[{table}] declares no key");
+            for key in keys {
+                assert!(!key.default.is_empty(), "{table}.{}: no default", key.name);
+                assert!(!key.allowed.is_empty(), "{table}.{}: no range", key.name);
+                assert!(
+                    key.description().len() > 20,
+                    "{table}.{}: no description",
+                    key.name
+                );
+            }
+        }
+        let listing = Config::describe_keys();
+        assert!(listing.contains("[routing]\n  policy"), "{listing}");
+        assert!(
+            listing.contains("a whole number from 0 to 100"),
+            "max_retries' range: {listing}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_readme_and_the_example() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../../servers.example.toml");
+        for (table, keys) in Config::keys() {
+            for key in keys {
+                let cell = format!("| `{}`", key.name);
+                assert!(readme.contains(&cell), "README lacks {table}.{}", key.name);
+                assert!(
+                    example.contains(key.name),
+                    "servers.example.toml lacks {table}.{}",
+                    key.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn routing_policy_and_unknown_tables() {
+        let c = parse("[routing]\npolicy = \"least-load\"\n").unwrap();
+        assert_eq!(c.routing.policy, "least-load");
+        let bad = parse("[routing]\npolicy = \"fastest\"\n").unwrap_err();
+        assert_eq!(
+            bad,
+            "servers.toml: line 2, key routing.policy: must be one of \"least-load\", got \"fastest\""
+        );
+        let table = parse("[server]\nservers = []\n").unwrap_err();
+        assert!(
+            table.starts_with("servers.toml: line 1, key server: unknown field `server`, expected one of `servers`, `config`, `routing`"),
+            "{table}"
+        );
+        let not_table = parse("config = 3\n").unwrap_err();
+        assert!(
+            not_table.contains("line 1, key config: expected a table"),
+            "{not_table}"
+        );
+        let no_url = parse("[servers]\nservers = [{ max_concurrent_requests = 2 }]\n").unwrap_err();
+        assert!(
+            no_url.contains("key servers.servers[0]: has no url"),
+            "{no_url}"
+        );
+        let c = parse("[config]\nmax_retries = 0\n").unwrap();
+        let summary = c.describe();
+        assert!(
+            summary.contains(" *max_retries"),
+            "changed values are marked: {summary}"
+        );
+        assert!(summary.contains("[routing]"), "{summary}");
+    }
+}

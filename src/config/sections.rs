@@ -1,0 +1,68 @@
+//! Every key of servers.toml, declared once (see `key.rs` for what a declaration gives).
+//! A key's doc comment is its description in `check-config`; keep the first sentence short.
+
+use std::time::Duration;
+
+use super::key::{section, OneOf, Seconds, Secret, ServerUrl, Url, Whole};
+
+section! {
+    /// One entry of `[servers] servers = [...]`.
+    pub struct ServerEntry in "servers.servers" {
+        /// The server, `http://HOST[:PORT]`; host names are resolved in the background.
+        url: Option<Url> = ServerUrl,
+        /// How many requests the server is sized for: the denominator of its load score.
+        max_concurrent_requests: u32 = Whole { default: 3, min: 1, max: 1_000_000 },
+        /// Sent to that server as `Authorization: Bearer <api_key>` (its `--api-key`).
+        api_key: Option<String> = Secret,
+    }
+}
+
+section! {
+    /// The router's settings (`[config]`).
+    pub struct Settings in "config" {
+        /// How often each server's `/metrics` is scraped.
+        metrics_interval: Duration = Seconds { default: 1.0, min: 0.05 },
+        /// How often each server's `/v1/models` is refreshed.
+        health_check_interval: Duration = Seconds { default: 10.0, min: 0.1 },
+        /// Timeout of one scrape of `/metrics` or `/v1/models`.
+        health_check_timeout: Duration = Seconds { default: 5.0, min: 0.01 },
+        /// Consecutive failures (scrapes, or real requests: connect errors, resets,
+        /// timeouts, 5xx) that make a server unhealthy.
+        failure_threshold: u32 = Whole { default: 2, min: 1, max: 100 },
+        /// Consecutive good scrapes that make an unhealthy server healthy again (a new
+        /// server joins at its first).
+        recovery_threshold: u32 = Whole { default: 2, min: 1, max: 100 },
+        /// Upper bound on a whole proxied request, first byte to last.
+        request_timeout: Duration = Seconds { default: 600.0, min: 0.01 },
+        /// How long a server may take to send its response header (queueing and time to
+        /// first token included) before the request is retried elsewhere.
+        first_byte_timeout: Duration = Seconds { default: 120.0, min: 0.01 },
+        /// Further servers tried when one fails before the client got a byte.
+        max_retries: u32 = Whole { default: 3, min: 0, max: 100 },
+        /// Largest request body accepted, in bytes (413 above it).
+        max_body_bytes: u64 = Whole { default: 64 * 1024 * 1024, min: 1024, max: 1u64 << 40 },
+        /// How often server host names are resolved again.
+        dns_refresh_interval: Duration = Seconds { default: 30.0, min: 1.0 },
+        /// How often servers.toml is compared with the running config even without file
+        /// events (some network and container file systems deliver none).
+        config_reload_interval: Duration = Seconds { default: 30.0, min: 0.1 },
+    }
+    ignored [
+        "auto_recovery_threshold",
+        "enable_active_health_check",
+        "health_check_max_response_time",
+        "health_check_min_success_rate",
+        "health_check_window_size",
+        "health_check_consecutive_failures",
+    ] because "it configured the Python mvllm's active health check; here health follows \
+               /metrics scrapes and real requests, see failure_threshold and recovery_threshold"
+}
+
+section! {
+    /// How a server is chosen (`[routing]`).
+    pub struct Routing in "routing" {
+        /// The policy that picks one of the servers that may take a request (healthy,
+        /// serving its model, not yet tried).
+        policy: &'static str = OneOf { default: "least-load", allowed: crate::policy::NAMES },
+    }
+}

@@ -1,0 +1,158 @@
+//! The Pingora entry point: every request starts here.
+//!
+//! [`Router`] is the `ProxyHttp` implementation. Its context is a [`RequestContext`], born in
+//! `new_ctx` and dropped by Pingora when the request is over. Every request is answered inside
+//! `request_filter`: the router's own endpoints in place, everything under `/v1/` (and vLLM's
+//! `/tokenize`, `/detokenize`) by forward.rs. Pingora's own proxy phase is never reached (see
+//! forward.rs for why).
+//!
+//! Calls go one way: entry → {api, forward} → {policy, upstream, respond, retry}; the context
+//! carries the facts down, and its drop reports them to [`Recorder`] (stats hub, access log).
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::connectors::http::v1::Connector;
+use pingora::http::Method;
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+
+use crate::access_log::AccessLog;
+use crate::api;
+use crate::cluster::Cluster;
+use crate::context::{Finish, LocalRoute, RequestContext};
+use crate::forward;
+use crate::openai::ApiError;
+use crate::respond;
+
+/// Where finished requests are recorded, and how many are being answered.
+pub struct Recorder {
+    cluster: Arc<Cluster>,
+    access_log: Option<AccessLog>,
+    /// Requests being answered right now (the drain on shutdown waits for 0).
+    active: AtomicUsize,
+}
+
+impl Recorder {
+    pub fn new(cluster: Arc<Cluster>, access_log: Option<AccessLog>) -> Recorder {
+        Recorder {
+            cluster,
+            access_log,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+}
+
+impl Finish for Recorder {
+    fn started(&self) {
+        self.active.fetch_add(1, Relaxed);
+    }
+
+    fn finished(&self, request: &RequestContext) {
+        self.cluster.stats().record(request);
+        if let Some(log) = &self.access_log {
+            log.write(request);
+        }
+        self.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The router: the cluster, the upstream connection pool, and where requests are recorded.
+pub struct Router {
+    cluster: Arc<Cluster>,
+    connector: Connector,
+    recorder: Arc<Recorder>,
+}
+
+impl Router {
+    pub fn new(cluster: Arc<Cluster>, connector: Connector, recorder: Arc<Recorder>) -> Router {
+        Router {
+            cluster,
+            connector,
+            recorder,
+        }
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestContext) {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.begin(session.req_header(), client);
+        let header = session.req_header();
+        let snapshot = self.cluster.snapshot();
+        let route = match (&header.method, header.uri.path()) {
+            (&Method::GET, "/health") => LocalRoute::Health,
+            (&Method::GET, "/load-stats") => LocalRoute::LoadStats,
+            (&Method::GET, "/v1/models") => LocalRoute::Models,
+            (&Method::GET, "/metrics") => LocalRoute::Metrics,
+            (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => {
+                return forward::forward(session, ctx, &snapshot, &self.connector).await;
+            }
+            _ => LocalRoute::NotFound,
+        };
+        ctx.local = Some(route);
+        let written = match route {
+            LocalRoute::Health => {
+                let (status, body) = api::health(&snapshot);
+                respond::json(session, ctx, status, &body).await
+            }
+            LocalRoute::LoadStats => {
+                respond::json(session, ctx, 200, &api::load_stats(&snapshot)).await
+            }
+            LocalRoute::Models => respond::json(session, ctx, 200, &api::models(&snapshot)).await,
+            LocalRoute::Metrics => {
+                let text = self
+                    .cluster
+                    .stats()
+                    .render(&snapshot.backends, self.recorder.active());
+                respond::metrics(session, ctx, text).await
+            }
+            LocalRoute::NotFound => {
+                let error = ApiError::not_found(format!(
+                    "No route for {} {}: the router serves /v1/*, /tokenize, /detokenize, /health, /load-stats and /metrics",
+                    ctx.method, ctx.path
+                ));
+                respond::error(session, ctx, &error, &[]).await
+            }
+        };
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "could not answer the client");
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Router {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext::new(Arc::clone(&self.recorder) as Arc<dyn Finish>)
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        self.handle(session, ctx).await;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "every request is answered in request_filter",
+        )
+    }
+}

@@ -1,0 +1,514 @@
+//! The stats hub: the one place where requests are counted.
+//!
+//! Every finished request is recorded here once, when its context is dropped (context.rs):
+//! per server, model, status class and outcome — requests, attempts, retries, errors by
+//! cause, time to first token, total time, the latency the router added, and tokens when the
+//! response told them. The store is the `prometheus` crate's registry; `/metrics`,
+//! `/load-stats`, `/health` and the fullscreen monitor only render it, so a figure means the
+//! same thing everywhere. The live gauges (in flight, health, scraped load, utilisation) are
+//! the cluster's own atomics, rendered at read time by [`ServerView`], never copied.
+//!
+//! Recording takes no lock and allocates nothing: each server's state holds its
+//! [`ServerStats`], handles into the registry made when a (server, model, status, outcome)
+//! combination is first seen and kept. Label values are bounded: servers come from
+//! servers.toml, models from the servers' own model lists (anything else is `unlisted`),
+//! statuses and outcomes from fixed lists. No prompt, key or user id is ever a label.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::backend::Backend;
+use crate::context::{LocalRoute, Outcome, RequestContext};
+
+/// Status classes, as the `status_class` label writes them.
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Causes of failed attempts, as the `cause` label writes them (`AttemptResult::as_str`).
+const CAUSES: [&str; 8] = [
+    "no_address",
+    "connect_error",
+    "reset",
+    "first_byte_timeout",
+    "status_5xx",
+    "status_429",
+    "broke_off",
+    "request_timeout",
+];
+
+/// Most distinct model labels kept per server; more are counted as `other`.
+const MAX_MODELS_PER_SERVER: usize = 256;
+
+/// The metric families, shared by every server's handles.
+#[derive(Clone)]
+struct Families {
+    requests: IntCounterVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    ttft: HistogramVec,
+    duration: HistogramVec,
+    router_added: HistogramVec,
+    prompt_tokens: IntCounterVec,
+    completion_tokens: IntCounterVec,
+}
+
+/// The hub.
+pub struct Stats {
+    registry: Registry,
+    families: Families,
+    /// Requests that reached no server (refused, unknown model, no healthy server).
+    unrouted: ServerStats,
+    /// Requests the router answered itself, by route.
+    local: Vec<IntCounter>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric names and labels are valid constants");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("each metric is registered once");
+    vec
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let vec = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("metric names, labels and buckets are valid constants");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("each metric is registered once");
+    vec
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        let r = Registry::new();
+        let sm = &["server", "model"];
+        let families = Families {
+            requests: counter(
+                &r,
+                "mvllm_requests_total",
+                "Requests forwarded (or refused), by the server that answered, model, status class and outcome.",
+                &["server", "model", "status_class", "outcome"],
+            ),
+            attempts: counter(&r, "mvllm_attempts_total", "Attempts made on each server (a retried request makes several).", &["server"]),
+            retries: counter(&r, "mvllm_retries_total", "Retries away from each server, after it failed before the client got a byte.", &["server"]),
+            upstream_errors: counter(&r, "mvllm_upstream_errors_total", "Failed attempts, by server and cause.", &["server", "cause"]),
+            ttft: histogram(&r, "mvllm_time_to_first_token_seconds", "From the request's arrival to the first byte of the answer's body written to the client.", sm,
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+            duration: histogram(&r, "mvllm_request_duration_seconds", "From the request's arrival to the end of its answer.", sm,
+                &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
+            router_added: histogram(&r, "mvllm_router_added_seconds", "Time the router added before the answer's header reached the client: everything but the answering server's own wait for its header (failed attempts included).", &["server"],
+                &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            prompt_tokens: counter(&r, "mvllm_prompt_tokens_total", "Prompt tokens, as the answers reported them.", sm),
+            completion_tokens: counter(&r, "mvllm_completion_tokens_total", "Completion tokens, as the answers reported them.", sm),
+        };
+        let local_vec = counter(
+            &r,
+            "mvllm_local_requests_total",
+            "Requests the router answered itself, by route.",
+            &["route"],
+        );
+        let local = LocalRoute::ALL
+            .iter()
+            .map(|route| local_vec.with_label_values(&[route.as_str()]))
+            .collect();
+        let unrouted = ServerStats::new("none", families.clone());
+        Stats {
+            registry: r,
+            families,
+            unrouted,
+            local,
+        }
+    }
+
+    /// The handles for one server, made once and kept in its state.
+    pub fn server(&self, url: &str) -> ServerStats {
+        ServerStats::new(url, self.families.clone())
+    }
+
+    /// Records a finished request.
+    pub fn record(&self, r: &RequestContext) {
+        if let Some(route) = r.local {
+            self.local[route as usize].inc();
+            return;
+        }
+        let server = r
+            .attempts
+            .last()
+            .map_or(&self.unrouted, |a| &a.server().stats);
+        server.with_model(r.model_label(), |model| {
+            model.request(status_class(r.status), r.outcome).inc();
+            if let Some(ttft) = r.time_to_first_byte() {
+                model.ttft.observe(ttft.as_secs_f64());
+            }
+            model.duration.observe(r.elapsed().as_secs_f64());
+            if let Some(n) = r.usage.prompt_tokens {
+                model.prompt_tokens.inc_by(n);
+            }
+            if let Some(n) = r.usage.completion_tokens {
+                model.completion_tokens.inc_by(n);
+            }
+        });
+        if let Some(added) = r.router_added() {
+            server.router_added().observe(added.as_secs_f64());
+        }
+        for (i, attempt) in r.attempts.iter().enumerate() {
+            let stats = &attempt.server().stats;
+            stats.attempts().inc();
+            if i + 1 < r.attempts.len() {
+                stats.retries().inc();
+            }
+            if let Some(result) = attempt.result.filter(|res| res.is_error()) {
+                stats.error(result.as_str()).inc();
+            }
+        }
+    }
+
+    /// The Prometheus text exposition: every counter and histogram, then the live gauges of
+    /// `backends` and the router's `active` requests.
+    pub fn render(&self, backends: &[Backend], active: usize) -> String {
+        let mut families = self.registry.gather();
+        families.extend(live_gauges(backends, active));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "cannot render the metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn status_class(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => (s / 100) as usize,
+        _ => 0,
+    }
+}
+
+/// One server's handles into the hub.
+pub struct ServerStats {
+    server: Arc<str>,
+    families: Families,
+    /// Made on first use, like every handle here: a series appears once it has a value.
+    attempts: OnceLock<IntCounter>,
+    retries: OnceLock<IntCounter>,
+    router_added: OnceLock<Histogram>,
+    errors: [OnceLock<IntCounter>; CAUSES.len()],
+    /// Per-model handles; read lock-free, replaced whole when a model is first seen.
+    models: ArcSwap<Vec<Arc<ModelStats>>>,
+    /// Serialises adding a model (only the first request of each model takes it).
+    adding: Mutex<()>,
+}
+
+/// One (server, model)'s handles.
+struct ModelStats {
+    model: Box<str>,
+    requests: [[OnceLock<IntCounter>; Outcome::ALL.len()]; STATUS_CLASSES.len()],
+    ttft: Histogram,
+    duration: Histogram,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
+    server: Arc<str>,
+    families: Families,
+}
+
+impl ModelStats {
+    fn request(&self, class: usize, outcome: Outcome) -> &IntCounter {
+        self.requests[class][outcome as usize].get_or_init(|| {
+            self.families.requests.with_label_values(&[
+                &*self.server,
+                &*self.model,
+                STATUS_CLASSES[class],
+                outcome.as_str(),
+            ])
+        })
+    }
+}
+
+/// Totals of one server, for `/load-stats` and the monitor.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerTotals {
+    pub requests: u64,
+    pub attempts: u64,
+    pub retries: u64,
+    pub errors: u64,
+    /// Median time to first token, from the histogram's buckets (their upper bound).
+    pub ttft_p50: Option<f64>,
+}
+
+impl ServerStats {
+    fn new(server: &str, families: Families) -> ServerStats {
+        ServerStats {
+            attempts: OnceLock::new(),
+            retries: OnceLock::new(),
+            router_added: OnceLock::new(),
+            errors: std::array::from_fn(|_| OnceLock::new()),
+            models: ArcSwap::from_pointee(Vec::new()),
+            adding: Mutex::new(()),
+            server: server.into(),
+            families,
+        }
+    }
+
+    fn attempts(&self) -> &IntCounter {
+        self.attempts
+            .get_or_init(|| self.families.attempts.with_label_values(&[&*self.server]))
+    }
+
+    fn retries(&self) -> &IntCounter {
+        self.retries
+            .get_or_init(|| self.families.retries.with_label_values(&[&*self.server]))
+    }
+
+    fn router_added(&self) -> &Histogram {
+        self.router_added.get_or_init(|| {
+            self.families
+                .router_added
+                .with_label_values(&[&*self.server])
+        })
+    }
+
+    fn error(&self, cause: &str) -> &IntCounter {
+        let index = CAUSES.iter().position(|c| *c == cause).unwrap_or(0);
+        self.errors[index].get_or_init(|| {
+            self.families
+                .upstream_errors
+                .with_label_values(&[&*self.server, CAUSES[index]])
+        })
+    }
+
+    /// Runs `f` on the handles of `model`, making them on its first use.
+    fn with_model<R>(&self, model: &str, f: impl FnOnce(&ModelStats) -> R) -> R {
+        if let Some(m) = self.models.load().iter().find(|m| &*m.model == model) {
+            return f(m);
+        }
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.models.load_full();
+        let model = if current.len() >= MAX_MODELS_PER_SERVER {
+            "other"
+        } else {
+            model
+        };
+        if let Some(m) = current.iter().find(|m| &*m.model == model) {
+            return f(m);
+        }
+        let labels = [&*self.server, model];
+        let made = Arc::new(ModelStats {
+            model: model.into(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            ttft: self.families.ttft.with_label_values(&labels),
+            duration: self.families.duration.with_label_values(&labels),
+            prompt_tokens: self.families.prompt_tokens.with_label_values(&labels),
+            completion_tokens: self.families.completion_tokens.with_label_values(&labels),
+            server: Arc::clone(&self.server),
+            families: self.families.clone(),
+        });
+        let mut next = Vec::with_capacity(current.len() + 1);
+        next.extend(current.iter().cloned());
+        next.push(Arc::clone(&made));
+        self.models.store(Arc::new(next));
+        f(&made)
+    }
+
+    /// This server's totals so far.
+    pub fn totals(&self) -> ServerTotals {
+        let models = self.models.load();
+        let requests = models
+            .iter()
+            .flat_map(|m| m.requests.iter().flatten())
+            .filter_map(OnceLock::get)
+            .map(IntCounter::get)
+            .sum();
+        let errors = self
+            .errors
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(IntCounter::get)
+            .sum();
+        // Merge the models' TTFT buckets (cumulative counts per upper bound).
+        let mut merged: Vec<(f64, u64)> = Vec::new();
+        for m in models.iter() {
+            for family in m.ttft.collect() {
+                for metric in family.get_metric() {
+                    let buckets = metric.get_histogram().get_bucket();
+                    if merged.is_empty() {
+                        merged = buckets.iter().map(|b| (b.upper_bound(), 0)).collect();
+                    }
+                    for (slot, b) in merged.iter_mut().zip(buckets) {
+                        slot.1 += b.cumulative_count();
+                    }
+                }
+            }
+        }
+        let seen = models
+            .iter()
+            .map(|m| m.ttft.get_sample_count())
+            .sum::<u64>();
+        let ttft_p50 = (seen > 0)
+            .then(|| {
+                merged
+                    .iter()
+                    .find(|(_, count)| *count * 2 >= seen)
+                    .map(|(bound, _)| *bound)
+            })
+            .flatten();
+        ServerTotals {
+            requests,
+            attempts: self.attempts.get().map_or(0, IntCounter::get),
+            retries: self.retries.get().map_or(0, IntCounter::get),
+            errors,
+            ttft_p50,
+        }
+    }
+}
+
+/// What every renderer shows of one server, read once from its live state and its stats:
+/// one struct, so that `/load-stats`, `/health`, `/metrics` and the monitor agree.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    pub url: String,
+    pub healthy: bool,
+    pub running: f64,
+    pub waiting: f64,
+    pub kv_cache_usage: Option<f64>,
+    pub capacity: u32,
+    /// Requests the router is forwarding to it now.
+    pub in_flight: u32,
+    /// The load estimate in request units, as the policy sees it (see `Backend::load_units`).
+    pub load_units: f64,
+    /// `load_units / capacity`: the score the least-load policy compares.
+    pub utilization: f64,
+    pub last_check_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub models: Vec<String>,
+    pub totals: ServerTotals,
+}
+
+impl ServerView {
+    pub fn of(backend: &Backend) -> ServerView {
+        let state = &backend.state;
+        let (running, waiting, kv_cache_usage) = match &*state.load.load() {
+            Some(s) => (s.running, s.waiting, s.kv_cache_usage),
+            None => (0.0, 0.0, None),
+        };
+        ServerView {
+            url: backend.cfg.url.clone(),
+            healthy: state.is_healthy(),
+            running,
+            waiting,
+            kv_cache_usage,
+            capacity: backend.cfg.max_concurrent_requests,
+            in_flight: state.in_flight(),
+            load_units: backend.load_units(),
+            utilization: backend.score(),
+            last_check_ms: state.last_check_ms(),
+            last_error: state.last_error.load().as_deref().cloned(),
+            consecutive_failures: state.consecutive_failures(),
+            models: state.models.load().iter().map(|m| m.id.clone()).collect(),
+            totals: state.stats.totals(),
+        }
+    }
+}
+
+/// The live gauges, read from the servers' state at render time.
+fn live_gauges(backends: &[Backend], active: usize) -> Vec<prometheus::proto::MetricFamily> {
+    let gauge = |name: &str, help: &str| {
+        GaugeVec::new(Opts::new(name, help), &["server"])
+            .expect("gauge names and labels are valid constants")
+    };
+    let healthy = gauge(
+        "mvllm_server_healthy",
+        "1 while the server takes requests, 0 while it is out.",
+    );
+    let in_flight = gauge(
+        "mvllm_server_in_flight",
+        "Requests the router is forwarding to the server now.",
+    );
+    let running = gauge(
+        "mvllm_server_running",
+        "Requests running on the server, from its last /metrics scrape.",
+    );
+    let waiting = gauge(
+        "mvllm_server_waiting",
+        "Requests waiting on the server, from its last /metrics scrape.",
+    );
+    let kv = gauge(
+        "mvllm_server_kv_cache_usage_ratio",
+        "KV cache in use on the server, 0 to 1, from its last scrape.",
+    );
+    let utilization = gauge(
+        "mvllm_server_utilization_ratio",
+        "The server's load estimate over its capacity: the least-load policy's score.",
+    );
+    let capacity = gauge(
+        "mvllm_server_capacity",
+        "The server's max_concurrent_requests.",
+    );
+    for backend in backends {
+        let v = ServerView::of(backend);
+        let label = [v.url.as_str()];
+        healthy
+            .with_label_values(&label)
+            .set(f64::from(u8::from(v.healthy)));
+        in_flight
+            .with_label_values(&label)
+            .set(f64::from(v.in_flight));
+        running.with_label_values(&label).set(v.running);
+        waiting.with_label_values(&label).set(v.waiting);
+        if let Some(usage) = v.kv_cache_usage {
+            kv.with_label_values(&label).set(usage);
+        }
+        utilization.with_label_values(&label).set(v.utilization);
+        capacity
+            .with_label_values(&label)
+            .set(f64::from(v.capacity));
+    }
+    let active_gauge = prometheus::Gauge::new(
+        "mvllm_requests_active",
+        "Requests the router is answering now.",
+    )
+    .expect("a valid constant name");
+    active_gauge.set(active as f64);
+    let mut families = Vec::new();
+    for vec in [
+        healthy,
+        in_flight,
+        running,
+        waiting,
+        kv,
+        utilization,
+        capacity,
+    ] {
+        families.extend(vec.collect());
+    }
+    families.extend(active_gauge.collect());
+    families
+}
+
+/// Renders a duration for logs and JSON: milliseconds with two decimals.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}

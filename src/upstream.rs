@@ -1,0 +1,282 @@
+//! One exchange with one server, over Pingora's connection pool: send the request and wait
+//! for the response header ([`request`]), then stream the body to the client ([`deliver`]).
+//! Which server, and what to do when this fails, is decided by the caller (forward.rs) and the
+//! pure decision in retry.rs; this module only does the I/O and says how it went.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::v1::Connector;
+use pingora::http::ResponseHeader;
+use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::http::v1::client::HttpSession;
+use tokio::time::timeout_at;
+
+use crate::backend::Backend;
+use crate::context::RequestContext;
+use crate::headers;
+use crate::retry::AttemptResult;
+use crate::usage::UsageScanner;
+
+/// How long a connection attempt may take before the next server is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pooled upstream connections are dropped before vLLM's uvicorn (5 s keep-alive) would
+/// close them, so a request never lands on a connection the server is closing.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How much of a failed answer (5xx/429) is kept to pass on if no other server succeeds.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A server's response header, and the connection its body comes on.
+pub struct Answer {
+    pub header: ResponseHeader,
+    pub upstream: HttpSession,
+    pub peer: HttpPeer,
+    /// Whether the connection came from the pool.
+    pub reused: bool,
+    /// When the connection was had (made, or taken from the pool).
+    pub connected: Instant,
+    /// When the request had been written.
+    pub sent: Instant,
+    /// When the response header arrived.
+    pub received: Instant,
+}
+
+/// An attempt that got no usable header.
+pub struct NoAnswer {
+    pub result: AttemptResult,
+    pub reused: bool,
+    /// When the connection was had, if it was.
+    pub connected: Option<Instant>,
+    /// When the request had been written, if it was.
+    pub sent: Option<Instant>,
+    pub why: String,
+}
+
+fn peer_for(addr: SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+    peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+    // No per-read timeout: a stream may pause between tokens for as long as the model takes;
+    // the first-byte and whole-request deadlines bound the wait instead.
+    peer.options.read_timeout = None;
+    peer
+}
+
+/// Sends the request to `backend` and waits for its response header, until
+/// `first_byte_deadline`, watching for the client leaving meanwhile (then the upstream
+/// connection is dropped, and vLLM aborts the request).
+pub async fn request(
+    connector: &Connector,
+    session: &mut Session,
+    backend: &Backend,
+    body: &Bytes,
+    request_id: &str,
+    first_byte_deadline: tokio::time::Instant,
+) -> Result<Answer, NoAnswer> {
+    let url = &backend.cfg.url;
+    let fail = |result, reused, connected, sent, why: String| NoAnswer {
+        result,
+        reused,
+        connected,
+        sent,
+        why,
+    };
+    let Some(addr) = backend.state.addr.load_full() else {
+        let why = format!("{url} has no resolved address");
+        return Err(fail(AttemptResult::NoAddress, false, None, None, why));
+    };
+    let peer = peer_for(*addr);
+    let (mut upstream, reused) = match connector.get_http_session(&peer).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let why = format!("connect to {url}: {e}");
+            return Err(fail(AttemptResult::ConnectFailed, false, None, None, why));
+        }
+    };
+    let connected_at = Instant::now();
+    let connected = Some(connected_at);
+    let header =
+        headers::upstream_request(session.req_header(), &backend.cfg, body.len(), request_id)
+            .map_err(|e| {
+                let why = format!("cannot build the request for {url}: {e}");
+                fail(AttemptResult::Reset, reused, connected, None, why)
+            })?;
+    let send = async {
+        upstream.write_request_header(Box::new(header)).await?;
+        if !body.is_empty() {
+            upstream.write_body(body).await?;
+        }
+        upstream.finish_body().await?;
+        Ok::<(), Box<pingora::Error>>(())
+    };
+    if let Err(e) = send.await {
+        let why = format!("sending to {url}: {e}");
+        return Err(fail(AttemptResult::Reset, reused, connected, None, why));
+    }
+    let sent = Instant::now();
+    let header_read = tokio::select! {
+        read = timeout_at(first_byte_deadline, upstream.read_response()) => read,
+        _ = client_gone(session) => {
+            return Err(fail(AttemptResult::ClientGone, reused, connected, Some(sent), "the client left".into()));
+        }
+    };
+    match header_read {
+        Err(_) => {
+            let waited = first_byte_deadline.saturating_duration_since(sent.into());
+            let why = format!("{url} sent no response header within {waited:?}");
+            let timeout = AttemptResult::FirstByteTimeout;
+            return Err(fail(timeout, reused, connected, Some(sent), why));
+        }
+        Ok(Err(e)) => {
+            let why = format!("reading the response of {url}: {e}");
+            return Err(fail(
+                AttemptResult::Reset,
+                reused,
+                connected,
+                Some(sent),
+                why,
+            ));
+        }
+        Ok(Ok(_)) => {}
+    }
+    let Some(header) = upstream.resp_header().cloned() else {
+        let why = format!("{url} sent no response header");
+        return Err(fail(
+            AttemptResult::Reset,
+            reused,
+            connected,
+            Some(sent),
+            why,
+        ));
+    };
+    Ok(Answer {
+        header,
+        upstream,
+        peer,
+        reused,
+        connected: connected_at,
+        sent,
+        received: Instant::now(),
+    })
+}
+
+/// Completes when the client closes its connection (it has sent its whole request).
+async fn client_gone(session: &mut Session) {
+    loop {
+        match session.read_body_or_idle(true).await {
+            Err(_) => return,
+            // Bytes of a next pipelined request: not a disconnect, keep waiting.
+            Ok(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// Reads (up to 64 KiB of) a failed answer's body, to pass on if no other server succeeds.
+pub async fn read_error_body(answer: &mut Answer, deadline: tokio::time::Instant) -> Bytes {
+    let mut body = BytesMut::new();
+    let read = async {
+        while let Ok(Some(chunk)) = answer.upstream.read_body_bytes().await {
+            let room = MAX_ERROR_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if room <= chunk.len() {
+                break;
+            }
+        }
+    };
+    let _ = timeout_at(
+        deadline.min(tokio::time::Instant::now() + Duration::from_secs(5)),
+        read,
+    )
+    .await;
+    body.freeze()
+}
+
+/// Streams the answer to the client, chunk by chunk as it arrives, until `deadline`. Returns
+/// how it ended and, for a failure, why.
+pub async fn deliver(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    answer: Answer,
+    deadline: tokio::time::Instant,
+) -> (AttemptResult, Option<String>) {
+    let Answer {
+        header: upstream_header,
+        mut upstream,
+        peer,
+        ..
+    } = answer;
+    let header = match headers::downstream_response(&upstream_header, ctx.id.as_str()) {
+        Ok(header) => header,
+        Err(e) => {
+            return (
+                AttemptResult::Reset,
+                Some(format!("unusable response header: {e}")),
+            )
+        }
+    };
+    ctx.status = Some(upstream_header.status.as_u16());
+    ctx.responded = Some(Instant::now());
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_err()
+    {
+        return (AttemptResult::ClientGone, None);
+    }
+    let mut usage = UsageScanner::default();
+    let scan = is_json_or_sse(&upstream_header);
+    let result = loop {
+        match timeout_at(deadline, upstream.read_body_bytes()).await {
+            Ok(Ok(Some(chunk))) => {
+                if scan {
+                    usage.feed(&chunk);
+                }
+                ctx.first_byte.get_or_insert_with(Instant::now);
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
+                    // The client left: dropping the upstream connection makes vLLM abort.
+                    break (AttemptResult::ClientGone, None);
+                }
+            }
+            Ok(Ok(None)) => break (AttemptResult::Delivered, None),
+            Ok(Err(e)) => {
+                // The client has bytes already, so no retry: close its connection so it sees
+                // an incomplete answer, not a clean end.
+                session.shutdown().await;
+                break (
+                    AttemptResult::BrokeOff,
+                    Some(format!("broke off mid-response: {e}")),
+                );
+            }
+            Err(_) => {
+                session.shutdown().await;
+                break (
+                    AttemptResult::DeadlineMidBody,
+                    Some("request_timeout reached mid-response".into()),
+                );
+            }
+        }
+    };
+    ctx.usage = usage.usage;
+    if result.0 == AttemptResult::Delivered {
+        let _ = session.write_response_body(None, true).await;
+        connector
+            .release_http_session(upstream, &peer, Some(POOL_IDLE_TIMEOUT))
+            .await;
+    }
+    result
+}
+
+/// Token counts are only looked for in JSON and SSE answers.
+fn is_json_or_sse(header: &ResponseHeader) -> bool {
+    header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("json") || t.contains("event-stream"))
+}

@@ -1,0 +1,450 @@
+//! What the router says about each request: the request id round trip, the access log line,
+//! the stats hub as `/metrics` shows it, and the honest ends of requests that fail (a stream
+//! cut by `request_timeout`, every server answering 429).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, get_json, RouterProcess, Sim};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+fn chat(content: &str, max_tokens: u32) -> Value {
+    json!({"model": "mvllm/sim-model", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+}
+
+/// The value of one series in a Prometheus text exposition (0 if absent): `name` and every
+/// `label="value"` pair in `labels` must match.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(router: &RouterProcess) -> String {
+    client()
+        .get(router.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_request_id_goes_to_the_server_and_back() {
+    let sim = Sim::start(&["--itl-ms", "1"]).await;
+    let router = RouterProcess::start(&[(&sim.url, 4)], "").await;
+
+    // The client's id: sent to the server (vLLM makes it the completion's id) and returned.
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .header("x-request-id", "trace-42.a_b")
+        .json(&chat("hi", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-42.a_b");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], "chatcmpl-trace-42.a_b");
+
+    // No id, or one that is not usable: the router makes one, and the server gets that one.
+    for sent in [None, Some("has spaces in it"), Some(&*"x".repeat(129))] {
+        let mut request = client()
+            .post(router.at("/v1/chat/completions"))
+            .json(&chat("hi", 2));
+        if let Some(id) = sent {
+            request = request.header("x-request-id", id);
+        }
+        let r = request.send().await.unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 32, "a generated id for {sent:?}: {id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["id"],
+            format!("chatcmpl-{id}"),
+            "the server got the same id"
+        );
+    }
+
+    // The router's own answers carry one too.
+    let r = client().get(router.at("/health")).send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"].len(), 32);
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .header("x-request-id", "bad-json-1")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-request-id"].to_str().unwrap()
+        ),
+        (400, "bad-json-1")
+    );
+}
+
+/// The fields every access line carries.
+const FIELDS: [&str; 13] = [
+    "request_id",
+    "method",
+    "path",
+    "model",
+    "servers",
+    "attempts",
+    "status",
+    "outcome",
+    "ttft_ms",
+    "total_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "timestamp",
+];
+
+#[tokio::test]
+async fn one_access_line_per_request_in_text() {
+    let sim = Sim::start(&["--itl-ms", "1"]).await;
+    let router =
+        RouterProcess::launch_with_env(&[(&sim.url, 4)], "", 0, &[], &[("RUST_LOG", "info")]).await;
+    router.wait_healthy(1).await;
+    let secret = "SECRET-PROMPT-7f3a";
+    let r = client()
+        .post(router.at("/v1/chat/completions?api_key=SECRET-QUERY"))
+        .header("x-request-id", "text-log-1")
+        .header("authorization", "Bearer SECRET-KEY")
+        .json(&chat(secret, 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let line = router
+        .output
+        .wait_stderr_line(&["access", "request_id=text-log-1"])
+        .await;
+    for field in FIELDS.iter().filter(|f| **f != "timestamp") {
+        assert!(
+            line.contains(&format!(" {field}=")),
+            "{field} missing: {line}"
+        );
+    }
+    assert!(line.starts_with("20"), "starts with the time: {line}");
+    for expected in [
+        "method=POST",
+        "path=/v1/chat/completions ",
+        "model=mvllm/sim-model",
+        &format!("servers={}", sim.url),
+        "attempts=delivered",
+        "status=200",
+        "outcome=ok",
+        "prompt_tokens=",
+        "completion_tokens=3",
+    ] {
+        assert!(line.contains(expected), "{expected:?} missing: {line}");
+    }
+    let stderr = router.output.stderr();
+    for never in [secret, "SECRET-QUERY", "SECRET-KEY"] {
+        assert!(!stderr.contains(never), "{never} was logged");
+    }
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI codes when stderr is a pipe"
+    );
+}
+
+#[tokio::test]
+async fn one_access_line_per_request_in_json() {
+    let sim = Sim::start(&["--itl-ms", "1"]).await;
+    let router = RouterProcess::launch_with_env(
+        &[(&sim.url, 4)],
+        "",
+        0,
+        &["--log-format", "json"],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    router.wait_healthy(1).await;
+    let body = json!({"model": "mvllm/sim-model", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}});
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .header("x-request-id", "json-log-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let (status, _) = (
+        client()
+            .post(router.at("/v1/chat/completions"))
+            .header("x-request-id", "json-log-2")
+            .json(&json!({"model": "gpt-4", "messages": []}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        (),
+    );
+    assert_eq!(status, 404);
+
+    let line = router.output.wait_stderr_line(&["\"json-log-1\""]).await;
+    let entry: Value = serde_json::from_str(&line).expect("a JSON line");
+    for field in FIELDS {
+        assert!(entry.get(field).is_some(), "{field} missing: {entry}");
+    }
+    assert_eq!(entry["target"], "access");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["servers"], json!([sim.url]));
+    assert_eq!(
+        entry["completion_tokens"], 4,
+        "usage from the stream's last chunk"
+    );
+    assert!(entry["ttft_ms"].as_f64().unwrap() <= entry["total_ms"].as_f64().unwrap());
+
+    let line = router.output.wait_stderr_line(&["\"json-log-2\""]).await;
+    let entry: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (entry["status"].as_u64(), entry["outcome"].as_str()),
+        (Some(404), Some("rejected"))
+    );
+    assert_eq!(entry["servers"], json!([]));
+    assert_eq!(entry["prompt_tokens"], Value::Null, "unknown is null");
+    // Every line of the log is JSON, the router's own messages included.
+    for line in router.output.stderr().lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_retries_errors_and_tokens() {
+    let good = Sim::start(&["--itl-ms", "1"]).await;
+    let broken = Sim::start(&[
+        "--itl-ms",
+        "1",
+        "--fault-error-rate",
+        "1",
+        "--fault-error-status",
+        "500",
+    ])
+    .await;
+    let router = RouterProcess::start(
+        &[(&good.url, 4), (&broken.url, 4)],
+        "failure_threshold = 100\n",
+    )
+    .await;
+    for _ in 0..8 {
+        let r = client()
+            .post(router.at("/v1/chat/completions"))
+            .json(&chat("hi", 3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let text = metrics(&router).await;
+    let ok = [
+        ("server", good.url.as_str()),
+        ("outcome", "ok"),
+        ("status_class", "2xx"),
+        ("model", "mvllm/sim-model"),
+    ];
+    assert_eq!(series(&text, "mvllm_requests_total", &ok), 8.0, "{text}");
+    assert_eq!(
+        series(
+            &text,
+            "mvllm_requests_total",
+            &[("server", "none"), ("outcome", "rejected")]
+        ),
+        1.0
+    );
+    let on_broken = series(&text, "mvllm_attempts_total", &[("server", &broken.url)]);
+    assert!(
+        on_broken >= 1.0,
+        "some requests tried the broken server first"
+    );
+    assert_eq!(
+        series(&text, "mvllm_retries_total", &[("server", &broken.url)]),
+        on_broken
+    );
+    assert_eq!(
+        series(
+            &text,
+            "mvllm_upstream_errors_total",
+            &[("server", &broken.url), ("cause", "status_5xx")]
+        ),
+        on_broken
+    );
+    assert_eq!(
+        series(&text, "mvllm_attempts_total", &[("server", &good.url)]),
+        8.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            "mvllm_completion_tokens_total",
+            &[("server", &good.url)]
+        ),
+        24.0
+    );
+    assert!(series(&text, "mvllm_prompt_tokens_total", &[("server", &good.url)]) > 0.0);
+    assert_eq!(
+        series(
+            &text,
+            "mvllm_time_to_first_token_seconds_count",
+            &[("server", &good.url)]
+        ),
+        8.0
+    );
+    assert_eq!(
+        series(&text, "mvllm_server_healthy", &[("server", &good.url)]),
+        1.0
+    );
+
+    // /load-stats reads the same counts.
+    let stats = get_json(router.at("/load-stats")).await;
+    assert_eq!(stats["servers"][0]["requests_total"], 8);
+    assert_eq!(
+        stats["servers"][1]["errors_total"].as_f64(),
+        Some(on_broken)
+    );
+    assert_eq!(
+        stats["servers"][1]["retries_total"].as_f64(),
+        Some(on_broken)
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_request_timeout_is_a_timeout_not_a_success() {
+    let slow = Sim::start(&["--itl-ms", "200", "--batch-slope", "0"]).await;
+    let router = RouterProcess::start(&[(&slow.url, 4)], "request_timeout = 1\n").await;
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "stream": true});
+    let started = Instant::now();
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut text = String::new();
+    let mut broken = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => text.push_str(std::str::from_utf8(&bytes).unwrap()),
+            Err(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut at about 1 s, not after 6 s"
+    );
+    assert!(
+        broken || !text.ends_with("data: [DONE]\n\n"),
+        "the client sees an incomplete stream: {text}"
+    );
+    assert!(text.contains("data: {"), "it had part of the answer");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(&router).await;
+        if series(&text, "mvllm_requests_total", &[("outcome", "timeout")]) == 1.0 {
+            assert_eq!(
+                series(&text, "mvllm_requests_total", &[("outcome", "ok")]),
+                0.0
+            );
+            assert_eq!(
+                series(
+                    &text,
+                    "mvllm_upstream_errors_total",
+                    &[("cause", "request_timeout")]
+                ),
+                1.0
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recorded as a timeout: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = get_json(router.at("/health")).await;
+    assert_eq!(
+        health["servers"][0]["consecutive_failures"], 0,
+        "the router's own limit is not the server's fault"
+    );
+}
+
+#[tokio::test]
+async fn when_every_server_says_429_its_retry_after_reaches_the_client() {
+    let flags = [
+        "--itl-ms",
+        "1",
+        "--fault-error-rate",
+        "1",
+        "--fault-error-status",
+        "429",
+    ];
+    let a = Sim::start(&flags).await;
+    let b = Sim::start(&flags).await;
+    let router = RouterProcess::start(&[(&a.url, 4), (&b.url, 4)], "").await;
+    let r = client()
+        .post(router.at("/v1/chat/completions"))
+        .json(&chat("hi", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["retry-after"],
+        "7",
+        "the server's own Retry-After"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "RateLimitError");
+
+    let text = metrics(&router).await;
+    assert_eq!(
+        series(
+            &text,
+            "mvllm_requests_total",
+            &[("outcome", "upstream_failed"), ("status_class", "4xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            "mvllm_upstream_errors_total",
+            &[("cause", "status_429")]
+        ),
+        2.0,
+        "both were tried"
+    );
+    let health = get_json(router.at("/health")).await;
+    assert_eq!(health["healthy_servers"], 2, "busy is not broken");
+}
