@@ -2,13 +2,16 @@
 # What the router adds, measured against going straight to a backend, in one run on one
 # machine (release builds; wrk on loopback).
 #
-#   bash bench/router_overhead.sh        # ~1 minute; installs wrk if missing
+#   bash bench/router_overhead.sh        # ~1.5 minutes; installs wrk and nginx if missing
+#   BASELINE=/tmp/mvllm-old bash bench/router_overhead.sh   # also measures another build
 #
 # A. Throughput and latency of short chat requests (4 tokens at 1 ms), 32 connections:
 #    straight to one simulated server, through nginx (a plain keep-alive reverse proxy, 2
-#    workers, no buffering) in front of it, and through the router in front of it (so the
-#    differences are what each proxy adds). Also each proxy's CPU time per request and the
-#    router's peak memory.
+#    workers, no buffering, no access log) in front of it, and through the router in front of
+#    it (so the differences are what each proxy adds): without its access log (as nginx here),
+#    and with it (the default in console mode; written to /dev/null). Also each proxy's CPU
+#    time per request and the router's peak memory. With BASELINE=/path/to/an/older/mvllm, that
+#    binary is measured too, in the same run (e.g. the build before a change).
 # B. Time to first token of a slow stream (one token every 200 ms), 20 requests each:
 #    straight vs through the router.
 # C. A burst of 40 simultaneous requests over servers of capacity 4 and 16: how it splits.
@@ -26,10 +29,11 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-# start NAME ARGS...: runs mvllm with ARGS, waits for its address, sets URL_<NAME> and PID_<NAME>.
+# start NAME ARGS...: runs $RUN_BIN (default: this build) with ARGS, waits for its address,
+# sets URL_<NAME> and PID_<NAME>.
 start() {
   local name=$1; shift
-  "$BIN" "$@" >"$TMP/$name.out" 2>/dev/null &
+  "${RUN_BIN:-$BIN}" "$@" >"$TMP/$name.out" 2>/dev/null &
   local pid=$!
   PIDS+=("$pid")
   local url=""
@@ -49,7 +53,8 @@ wait_healthy() { # URL N
   done
   echo "router never saw $2 healthy servers" >&2; exit 1
 }
-router_for() { # NAME "URL CAPACITY"... [-- extra config line]
+# router_for NAME "URL CAPACITY"... [-- extra config line]: a router (this build, console mode).
+router_for() {
   local name=$1; shift
   local n=0 extra=""
   { echo "[servers]"; echo "servers = ["
@@ -59,7 +64,7 @@ router_for() { # NAME "URL CAPACITY"... [-- extra config line]
       echo "  { url = \"$1\", max_concurrent_requests = $2 },"; n=$((n + 1)); shift 2
     done
     echo "]"; echo "[config]"; echo "$extra"; } > "$TMP/$name.toml"
-  start "$name" run --console --host 127.0.0.1 --port 0 --config "$TMP/$name.toml"
+  start "$name" run --console --host 127.0.0.1 --port 0 --config "$TMP/$name.toml" ${ROUTER_FLAGS:-}
   local var="URL_$name"; wait_healthy "${!var}" "$n"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -71,8 +76,13 @@ field() { awk -v k="$1" '$1 == k {print $2}' "$2"; }
 
 echo "== A. short requests, 32 connections, ${DURATION}s each"
 start simA sim --host 127.0.0.1 --port 0 --itl-ms 1 --prefill-us-per-token 0
-router_for R "$URL_simA 256"
-wrk_run "$URL_simA" > "$TMP/direct.txt"
+ROUTER_FLAGS=--no-access-log router_for R "$URL_simA 256"
+router_for RL "$URL_simA 256"
+TARGETS=(direct nginx router router+log)
+if [ -n "${BASELINE:-}" ]; then
+  RUN_BIN=$BASELINE router_for RB "$URL_simA 256"
+  TARGETS+=(baseline)
+fi
 
 # nginx as the baseline proxy, configured the way one would put it in front of vLLM.
 mkdir -p "$TMP/nginx/logs"
@@ -102,32 +112,43 @@ nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=("$!")
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/health" && break; sleep 0.05; done
 nginx_ticks() { local t=0; for p in $(pgrep -f "nginx: worker process"); do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
-n0=$(nginx_ticks)
-wrk_run "http://127.0.0.1:$NGINX_PORT" > "$TMP/nginx.txt"
-n1=$(nginx_ticks)
 
-t0=$(cpu_ticks "$PID_R")
-wrk_run "$URL_R" > "$TMP/router.txt"
-t1=$(cpu_ticks "$PID_R")
-for f in direct nginx router; do
+# measure NAME URL TICKS_COMMAND: one wrk run, and the proxy's CPU ticks during it.
+measure() {
+  local t0 t1
+  t0=$($3)
+  wrk_run "$2" > "$TMP/$1.txt"
+  t1=$($3)
+  echo $((t1 - t0)) > "$TMP/$1.ticks"
+}
+none_ticks() { echo 0; }
+measure direct "$URL_simA" none_ticks
+measure nginx "http://127.0.0.1:$NGINX_PORT" nginx_ticks
+measure router "$URL_R" "cpu_ticks $PID_R"
+measure router+log "$URL_RL" "cpu_ticks $PID_RL"
+[ -n "${BASELINE:-}" ] && measure baseline "$URL_RB" "cpu_ticks $PID_RB"
+for f in "${TARGETS[@]}"; do
   rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/$f.txt")
   p50=$(field 50% "$TMP/$f.txt"); p99=$(field 99% "$TMP/$f.txt")
   errors=$(grep -o 'non-200 answers: [0-9]*' "$TMP/$f.txt")
-  printf '  %-7s %9s req/s   p50 %8s   p99 %8s   %s\n' "$f" "$rps" "$p50" "$p99" "$errors"
+  printf '  %-10s %9s req/s   p50 %8s   p99 %8s   %s\n' "$f" "$rps" "$p50" "$p99" "$errors"
 done
-python3 - "$TMP" "$((t1 - t0))" "$((n1 - n0))" "$TICKS" <<'PY'
+python3 - "$TMP" "$TICKS" "${TARGETS[@]}" <<'PY'
 import re, sys
-tmp, router_ticks, nginx_ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+tmp, hz, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def stats(name):
     text = open(f"{tmp}/{name}.txt").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     n = int(re.search(r"(\d+) requests in", text).group(1))
-    return rps, n
-(d, _), (g, gn), (r, rn) = stats("direct"), stats("nginx"), stats("router")
-print(f"  throughput: router/direct {r / d:.2f}x, nginx/direct {g / d:.2f}x, router/nginx {r / g:.2f}x")
-print(f"  CPU per request: router {router_ticks / hz / rn * 1e6:.0f} us, nginx {nginx_ticks / hz / gn * 1e6:.0f} us")
+    ticks = int(open(f"{tmp}/{name}.ticks").read())
+    return rps, n, ticks
+s = {name: stats(name) for name in names}
+d = s["direct"][0]
+print("  throughput against direct: " + ", ".join(f"{k} {v[0] / d:.2f}x" for k, v in s.items() if k != "direct"))
+print("  throughput against nginx:  " + ", ".join(f"{k} {v[0] / s['nginx'][0]:.2f}x" for k, v in s.items() if k not in ("direct", "nginx")))
+print("  CPU per request: " + ", ".join(f"{k} {v[2] / hz / v[1] * 1e6:.0f} us" for k, v in s.items() if k != "direct"))
 PY
-echo "  router peak RSS: $(peak_rss_mb "$PID_R") MiB"
+echo "  router peak RSS: $(peak_rss_mb "$PID_R") MiB (with access log: $(peak_rss_mb "$PID_RL") MiB)"
 
 echo
 echo "== B. time to first token, one token per 200 ms (median / p90 of 20, in ms)"

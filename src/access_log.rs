@@ -5,12 +5,15 @@
 //! prompt and completion tokens when the answer told them. Never the prompt, the body, a
 //! query string or a key. Text lines are `key=value` pairs; JSON lines are objects with the
 //! same keys, unknown values `null` (text: `-`).
+//!
+//! A line is formatted into a per-thread buffer and handed whole to the log writer thread
+//! (logging.rs), so writing it costs the request path one copy and no system call.
 
-use std::fmt::Write as _;
+use std::cell::RefCell;
+use std::fmt::Display;
 use std::io::Write as _;
 use std::time::SystemTime;
 
-use serde::Serialize;
 use tracing_appender::non_blocking::NonBlocking;
 
 use crate::context::RequestContext;
@@ -22,24 +25,9 @@ pub struct AccessLog {
     writer: NonBlocking,
 }
 
-/// One line's fields.
-#[derive(Serialize)]
-struct Line<'a> {
-    timestamp: String,
-    level: &'static str,
-    target: &'static str,
-    request_id: &'a str,
-    method: &'a str,
-    path: &'a str,
-    model: Option<&'a str>,
-    servers: Vec<&'a str>,
-    attempts: Vec<&'static str>,
-    status: Option<u16>,
-    outcome: &'static str,
-    ttft_ms: Option<f64>,
-    total_ms: f64,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
+thread_local! {
+    /// Where lines are formatted, reused from request to request.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
 impl AccessLog {
@@ -48,82 +36,210 @@ impl AccessLog {
     }
 
     pub fn write(&self, r: &RequestContext) {
-        let line = Line {
-            timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            level: "INFO",
-            target: "access",
-            request_id: r.id.as_str(),
-            method: r.method.as_str(),
-            path: &r.path,
-            model: r.features.model.as_deref(),
-            servers: r.attempts.iter().map(|a| &*a.server().url).collect(),
-            attempts: r
-                .attempts
-                .iter()
-                .map(|a| a.result.map_or("unfinished", |res| res.as_str()))
-                .collect(),
-            status: r.status,
-            outcome: if r.local.is_some() {
-                "local"
-            } else {
-                r.outcome.as_str()
-            },
-            ttft_ms: r.time_to_first_byte().map(millis),
-            total_ms: millis(r.elapsed()),
-            prompt_tokens: r.usage.prompt_tokens,
-            completion_tokens: r.usage.completion_tokens,
-        };
-        let text = match self.format {
-            LogFormat::Json => match serde_json::to_string(&line) {
-                Ok(json) => json + "\n",
-                Err(_) => return,
-            },
-            LogFormat::Text => text_line(&line),
-        };
-        let mut writer = self.writer.clone();
-        let _ = writer.write_all(text.as_bytes());
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            match self.format {
+                LogFormat::Text => fields(r, &mut Text(line)),
+                LogFormat::Json => fields(r, &mut Json(line)),
+            }
+            let mut writer = self.writer.clone();
+            let _ = writer.write_all(line);
+        });
     }
 }
 
-/// A client's string as one `key=value` token: as it is if it is plain, else quoted and
-/// escaped (so a model name cannot break the line or forge another).
-fn quoted_if_needed(value: &str) -> String {
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-        value.to_string()
-    } else {
-        format!("{value:?}")
-    }
-}
-
-fn text_line(l: &Line<'_>) -> String {
-    fn or_dash(value: Option<impl std::fmt::Display>) -> String {
-        value.map_or("-".into(), |v| v.to_string())
-    }
-    let list = |items: &[&str]| {
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            items.join(",")
-        }
-    };
-    let mut out = String::with_capacity(256);
-    let _ = writeln!(
-        out,
-        "{}  INFO access: request_id={} method={} path={} model={} servers={} attempts={} \
-         status={} outcome={} ttft_ms={} total_ms={} prompt_tokens={} completion_tokens={}",
-        l.timestamp,
-        l.request_id,
-        l.method,
-        l.path,
-        l.model.map_or("-".into(), quoted_if_needed),
-        list(&l.servers),
-        list(&l.attempts),
-        or_dash(l.status),
-        l.outcome,
-        or_dash(l.ttft_ms),
-        l.total_ms,
-        or_dash(l.prompt_tokens),
-        or_dash(l.completion_tokens),
+/// Writes every field of a line, in order.
+fn fields(r: &RequestContext, out: &mut impl Line) {
+    out.start(humantime::format_rfc3339_micros(SystemTime::now()));
+    out.text("request_id", Some(r.id.as_str()));
+    out.text("method", Some(r.method.as_str()));
+    out.text("path", Some(&r.path));
+    out.text("model", r.features.model.as_deref());
+    out.list("servers", r.attempts.iter().map(|a| &*a.server().url));
+    out.list(
+        "attempts",
+        r.attempts
+            .iter()
+            .map(|a| a.result.map_or("unfinished", |res| res.as_str())),
     );
-    out
+    out.number("status", r.status);
+    let outcome = match r.local {
+        Some(_) => "local",
+        None => r.outcome.as_str(),
+    };
+    out.text("outcome", Some(outcome));
+    out.number("ttft_ms", r.time_to_first_byte().map(millis));
+    out.number("total_ms", Some(millis(r.elapsed())));
+    out.number("prompt_tokens", r.usage.prompt_tokens);
+    out.number("completion_tokens", r.usage.completion_tokens);
+    out.end();
+}
+
+/// One line's format.
+trait Line {
+    fn start(&mut self, time: impl Display);
+    /// A client's or the router's string; `None` when unknown.
+    fn text(&mut self, key: &str, value: Option<&str>);
+    fn number(&mut self, key: &str, value: Option<impl Display>);
+    fn list<'a>(&mut self, key: &str, items: impl Iterator<Item = &'a str>);
+    fn end(&mut self);
+}
+
+/// `time  INFO access: key=value ...`
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl Line for Text<'_> {
+    fn start(&mut self, time: impl Display) {
+        let _ = write!(self.0, "{time}  INFO access:");
+    }
+    fn text(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            // A client's string as one token: as it is if it is plain, else quoted and
+            // escaped (so a model name cannot break the line or forge another).
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && b != b'"') => {
+                let _ = write!(self.0, " {key}={v}");
+            }
+            Some(v) => {
+                let _ = write!(self.0, " {key}={v:?}");
+            }
+            None => {
+                let _ = write!(self.0, " {key}=-");
+            }
+        }
+    }
+    fn number(&mut self, key: &str, value: Option<impl Display>) {
+        let _ = match value {
+            Some(v) => write!(self.0, " {key}={v}"),
+            None => write!(self.0, " {key}=-"),
+        };
+    }
+    fn list<'a>(&mut self, key: &str, items: impl Iterator<Item = &'a str>) {
+        let _ = write!(self.0, " {key}=");
+        let mut any = false;
+        for (i, item) in items.enumerate() {
+            let _ = write!(self.0, "{}{item}", if i > 0 { "," } else { "" });
+            any = true;
+        }
+        if !any {
+            self.0.push(b'-');
+        }
+    }
+    fn end(&mut self) {
+        self.0.push(b'\n');
+    }
+}
+
+/// `{"timestamp":…,"level":"INFO","target":"access",key:value,…}`
+struct Json<'a>(&'a mut Vec<u8>);
+
+impl Json<'_> {
+    fn key(&mut self, key: &str) {
+        let _ = write!(self.0, ",\"{key}\":");
+    }
+    /// A JSON string, escaped by serde_json.
+    fn string(&mut self, value: &str) {
+        let _ = serde_json::to_writer(&mut *self.0, value);
+    }
+}
+
+impl Line for Json<'_> {
+    fn start(&mut self, time: impl Display) {
+        let _ = write!(
+            self.0,
+            "{{\"timestamp\":\"{time}\",\"level\":\"INFO\",\"target\":\"access\""
+        );
+    }
+    fn text(&mut self, key: &str, value: Option<&str>) {
+        self.key(key);
+        match value {
+            Some(v) => self.string(v),
+            None => self.0.extend_from_slice(b"null"),
+        }
+    }
+    fn number(&mut self, key: &str, value: Option<impl Display>) {
+        self.key(key);
+        let _ = match value {
+            Some(v) => write!(self.0, "{v}"),
+            None => write!(self.0, "null"),
+        };
+    }
+    fn list<'a>(&mut self, key: &str, items: impl Iterator<Item = &'a str>) {
+        self.key(key);
+        self.0.push(b'[');
+        for (i, item) in items.enumerate() {
+            if i > 0 {
+                self.0.push(b',');
+            }
+            self.string(item);
+        }
+        self.0.push(b']');
+    }
+    fn end(&mut self) {
+        self.0.extend_from_slice(b"}\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Finish;
+    use std::sync::Arc;
+
+    struct Nowhere;
+    impl Finish for Nowhere {
+        fn started(&self) {}
+        fn finished(&self, _: &RequestContext) {}
+    }
+
+    fn request(model: &str) -> RequestContext {
+        let mut ctx = RequestContext::new(Arc::new(Nowhere));
+        let mut header =
+            pingora::http::RequestHeader::build("POST", b"/v1/chat/completions?key=secret", None)
+                .unwrap();
+        header.insert_header("x-request-id", "log-1").unwrap();
+        ctx.begin(&header, None);
+        ctx.features.model = Some(model.into());
+        ctx.status = Some(200);
+        ctx.usage.completion_tokens = Some(3);
+        ctx
+    }
+
+    fn line(r: &RequestContext, format: LogFormat) -> String {
+        let mut buf = Vec::new();
+        match format {
+            LogFormat::Text => fields(r, &mut Text(&mut buf)),
+            LogFormat::Json => fields(r, &mut Json(&mut buf)),
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn text_lines_are_one_line_of_tokens() {
+        let text = line(&request("llama"), LogFormat::Text);
+        assert!(text.ends_with(" completion_tokens=3\n"), "{text}");
+        assert!(text.contains(" request_id=log-1 method=POST path=/v1/chat/completions model=llama servers=- attempts=- status=200 outcome=unfinished ttft_ms=- total_ms="), "{text}");
+        assert!(!text.contains("secret"), "no query: {text}");
+
+        let forged = line(
+            &request("x\n2026-01-01 INFO access: request_id=forged"),
+            LogFormat::Text,
+        );
+        assert_eq!(forged.matches('\n').count(), 1, "{forged}");
+        assert!(
+            forged.contains(r#"model="x\n2026"#),
+            "quoted and escaped: {forged}"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_whatever_the_model_name() {
+        let json = line(&request("m\"o\\d\nel"), LogFormat::Json);
+        assert_eq!(json.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["model"], "m\"o\\d\nel");
+        assert_eq!(v["servers"], serde_json::json!([]));
+        assert_eq!(v["ttft_ms"], serde_json::Value::Null);
+        assert_eq!(v["completion_tokens"], 3);
+        assert_eq!(v["target"], "access");
+    }
 }

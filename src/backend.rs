@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::{ServerConfig, Settings};
+use crate::headers::ServerHeaders;
 use crate::scrape::{LoadSample, ModelCard};
 use crate::stats::ServerStats;
 
@@ -23,9 +24,20 @@ use crate::stats::ServerStats;
 pub struct Backend {
     pub cfg: ServerConfig,
     pub state: Arc<ServerState>,
+    /// The headers its requests always carry (host, its key), made once.
+    pub headers: ServerHeaders,
 }
 
 impl Backend {
+    pub fn new(cfg: ServerConfig, state: Arc<ServerState>) -> Backend {
+        let headers = ServerHeaders::new(&cfg);
+        Backend {
+            cfg,
+            state,
+            headers,
+        }
+    }
+
     /// The load estimate in request units: scraped running + 0.5 × scraped waiting + the
     /// requests the router sent since that scrape.
     ///
@@ -272,10 +284,10 @@ pub(crate) mod tests {
 
     /// A backend that has never been checked.
     pub fn unchecked(url: &str, capacity: u32) -> Backend {
-        Backend {
-            cfg: server(url, capacity),
-            state: Arc::new(ServerState::new(url, Stats::new().server(url))),
-        }
+        Backend::new(
+            server(url, capacity),
+            Arc::new(ServerState::new(url, Stats::new().server(url))),
+        )
     }
 
     /// A healthy backend serving `models`, with a scraped load.

@@ -113,7 +113,7 @@ fn build(config: Config, previous: &[Backend], stats: &Stats) -> Result<Snapshot
                 Some(b) => Arc::clone(&b.state),
                 None => Arc::new(ServerState::new(&cfg.url, stats.server(&cfg.url))),
             };
-            Backend { cfg, state }
+            Backend::new(cfg, state)
         })
         .collect();
     Ok(Snapshot {

@@ -6,11 +6,13 @@
 //! attempts end and the request is recorded (stats hub, access log), whichever way it ended:
 //! answered, refused, failed, or abandoned by the client or by shutdown.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora::http::{Method, RequestHeader};
+use smallvec::SmallVec;
 
 use crate::backend::{Backend, InFlight, ServerState};
 use crate::features::RequestFeatures;
@@ -143,15 +145,17 @@ impl Attempt {
 pub struct RequestContext {
     pub id: RequestId,
     pub method: Method,
-    /// The path, without the query (which may carry secrets).
-    pub path: String,
+    /// The path, without the query (which may carry secrets). The router's and vLLM's own
+    /// paths are static strings; only others are copied.
+    pub path: Cow<'static, str>,
     /// `Some` when the router answered the request itself.
     pub local: Option<LocalRoute>,
     pub features: RequestFeatures,
     /// Whether some server lists the request's model (so it may be a metrics label).
     pub model_listed: bool,
     pub received: Instant,
-    pub attempts: Vec<Attempt>,
+    /// Every attempt, in order (two fit without an allocation).
+    pub attempts: SmallVec<[Attempt; 2]>,
     /// When the response header went to the client.
     pub responded: Option<Instant>,
     /// When the first byte of the response body went to the client.
@@ -168,14 +172,15 @@ impl RequestContext {
     pub fn new(finish: Arc<dyn Finish>) -> RequestContext {
         finish.started();
         RequestContext {
-            id: RequestId::generate(),
+            // Set by begin(), which every request goes through.
+            id: RequestId::unset(),
             method: Method::GET,
-            path: String::new(),
+            path: Cow::Borrowed(""),
             local: None,
             features: RequestFeatures::default(),
             model_listed: false,
             received: Instant::now(),
-            attempts: Vec::new(),
+            attempts: SmallVec::new(),
             responded: None,
             first_byte: None,
             ended: None,
@@ -188,18 +193,14 @@ impl RequestContext {
 
     /// Takes what the request header says: the id, the method, the path.
     pub fn begin(&mut self, header: &RequestHeader, client: Option<IpAddr>) {
-        let sent = header.headers.get(request_id::HEADER).map(|v| v.as_bytes());
-        self.id = RequestId::from_client(sent);
+        self.id = RequestId::from_client(header.headers.get(request_id::HEADER));
         self.method = header.method.clone();
-        self.path = header.uri.path().to_string();
+        self.path = known_path(header.uri.path());
         self.features.client = client;
     }
 
     /// Starts an attempt on `backend`: it counts in the server's load from now on.
     pub fn begin_attempt(&mut self, backend: &Backend) -> &mut Attempt {
-        if self.attempts.capacity() == 0 {
-            self.attempts.reserve_exact(2);
-        }
         self.attempts.push(Attempt {
             in_flight: backend.state.start_request(),
             started: Instant::now(),
@@ -248,6 +249,30 @@ impl RequestContext {
         let answer = self.attempts.last()?;
         let server_time = answer.header?.checked_duration_since(answer.sent?)?;
         (responded - self.received).checked_sub(server_time)
+    }
+}
+
+/// `path` as a static string when it is one of the paths the router serves or forwards
+/// most, else copied.
+fn known_path(path: &str) -> Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/responses",
+        "/v1/score",
+        "/v1/rerank",
+        "/v1/audio/transcriptions",
+        "/tokenize",
+        "/detokenize",
+        "/health",
+        "/load-stats",
+        "/metrics",
+    ];
+    match KNOWN.iter().find(|known| **known == path) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(path.to_string()),
     }
 }
 

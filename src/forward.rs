@@ -117,13 +117,12 @@ async fn attempt(
     ctx.begin_attempt(backend);
     let first_byte_deadline =
         deadline.min(tokio::time::Instant::now() + settings.first_byte_timeout);
-    let body = ctx.features.body.clone();
     let sent = upstream::request(
         connector,
         session,
         backend,
-        &body,
-        ctx.id.as_str(),
+        &ctx.features.body,
+        &ctx.id,
         first_byte_deadline,
     )
     .await;

@@ -1,10 +1,18 @@
 //! The headers of a forwarded exchange: the request as it goes to a backend, and the
 //! backend's response as it goes to the client.
+//!
+//! Both are built as plain `http` parts and handed to Pingora whole, with header names that
+//! are constants and values that are shared, not copied: per request this allocates little
+//! more than the header maps themselves. (Pingora's `insert_header` copies a custom header
+//! name every time, and keeps a second map of original spellings that HTTP/1.1, being
+//! case-insensitive, does not need.)
 
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::{HeaderMap, Version};
 use pingora::http::{Method, RequestHeader, ResponseHeader};
 
 use crate::config::ServerConfig;
-use crate::request_id;
+use crate::request_id::RequestId;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, not the message, so
 /// they are never passed on, in either direction.
@@ -27,67 +35,93 @@ const SET_ON_REQUEST: &[&str] = &[
     "content-length",
     "transfer-encoding",
     "expect",
-    request_id::HEADER,
+    crate::request_id::HEADER,
 ];
 
-/// The request as it goes to `server`.
+const REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
+
+/// The headers a server's requests always carry, made once per config.
+#[derive(Debug, Clone)]
+pub struct ServerHeaders {
+    host: HeaderValue,
+    /// `Bearer <api_key>`, replacing the client's `authorization`.
+    authorization: Option<HeaderValue>,
+}
+
+impl ServerHeaders {
+    pub fn new(server: &ServerConfig) -> ServerHeaders {
+        let authority = server.url.trim_start_matches("http://");
+        ServerHeaders {
+            // Config validation allows only header-safe URLs and keys; a value that still
+            // failed would be left out rather than take the router down.
+            host: HeaderValue::from_str(authority).unwrap_or_else(|_| HeaderValue::from_static("")),
+            authorization: server
+                .api_key
+                .as_ref()
+                .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok()),
+        }
+    }
+}
+
+/// The request as it goes to a server.
 pub fn upstream_request(
     original: &RequestHeader,
-    server: &ServerConfig,
+    server: &ServerHeaders,
     body_len: usize,
-    request_id: &str,
-) -> pingora::Result<RequestHeader> {
-    let path = original
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let mut request = RequestHeader::build(
-        original.method.clone(),
-        path.as_bytes(),
-        Some(original.headers.len() + 3),
-    )?;
+    request_id: &RequestId,
+) -> RequestHeader {
+    let mut headers = HeaderMap::with_capacity(original.headers.len() + 3);
     for (name, value) in original.headers.iter() {
         let name_str = name.as_str();
         if HOP_BY_HOP.contains(&name_str) || SET_ON_REQUEST.contains(&name_str) {
             continue;
         }
         // The server's own key replaces the client's.
-        if name_str == "authorization" && server.api_key.is_some() {
+        if name == AUTHORIZATION && server.authorization.is_some() {
             continue;
         }
-        request.append_header(name.clone(), value.clone())?;
+        headers.append(name.clone(), value.clone());
     }
-    request.insert_header("host", server.url.trim_start_matches("http://"))?;
-    request.insert_header(request_id::HEADER, request_id)?;
-    if let Some(key) = &server.api_key {
-        request.insert_header("authorization", format!("Bearer {key}"))?;
+    headers.insert(HOST, server.host.clone());
+    headers.insert(REQUEST_ID, request_id.header_value());
+    if let Some(key) = &server.authorization {
+        headers.insert(AUTHORIZATION, key.clone());
     }
     let has_body =
         body_len > 0 || matches!(original.method, Method::POST | Method::PUT | Method::PATCH);
     if has_body {
-        request.insert_header("content-length", body_len.to_string())?;
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
     }
-    Ok(request)
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = original.method.clone();
+    // Origin form: the path and query as the client sent them.
+    parts.uri = match original.uri.path_and_query() {
+        Some(path) => path.clone().into(),
+        None => http::Uri::from_static("/"),
+    };
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    RequestHeader::from(parts)
 }
 
-/// The backend's response header as it goes to the client: hop-by-hop headers dropped, the
+/// The server's response header as it goes to the client: hop-by-hop headers dropped, the
 /// request id set. `content-length` and `transfer-encoding` stay: Pingora frames the body it
 /// writes to the client by them, and the body is passed on as it comes.
-pub fn downstream_response(
-    upstream: &ResponseHeader,
-    request_id: &str,
-) -> pingora::Result<ResponseHeader> {
-    let mut header = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 1))?;
+pub fn downstream_response(upstream: &ResponseHeader, request_id: &RequestId) -> ResponseHeader {
+    let mut headers = HeaderMap::with_capacity(upstream.headers.len() + 1);
     for (name, value) in upstream.headers.iter() {
         let name_str = name.as_str();
-        if HOP_BY_HOP.contains(&name_str) || name_str == request_id::HEADER {
+        if HOP_BY_HOP.contains(&name_str) || name == REQUEST_ID {
             continue;
         }
-        header.append_header(name.clone(), value.clone())?;
+        headers.append(name.clone(), value.clone());
     }
-    header.insert_header(request_id::HEADER, request_id)?;
-    Ok(header)
+    headers.insert(REQUEST_ID, request_id.header_value());
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = upstream.status;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    ResponseHeader::from(parts)
 }
 
 /// A header of a failed answer worth passing on when that answer is what the client gets
@@ -95,7 +129,7 @@ pub fn downstream_response(
 pub fn retry_after(upstream: &ResponseHeader) -> Option<String> {
     upstream
         .headers
-        .get("retry-after")
+        .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
@@ -104,14 +138,18 @@ pub fn retry_after(upstream: &ResponseHeader) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn server(api_key: Option<&str>) -> ServerConfig {
-        ServerConfig {
+    fn server(api_key: Option<&str>) -> ServerHeaders {
+        ServerHeaders::new(&ServerConfig {
             url: "http://10.0.0.5:8000".into(),
             host: "10.0.0.5".into(),
             port: 8000,
             max_concurrent_requests: 4,
             api_key: api_key.map(str::to_string),
-        }
+        })
+    }
+
+    fn id(value: &str) -> RequestId {
+        RequestId::from_client(Some(&HeaderValue::from_str(value).unwrap()))
     }
 
     #[test]
@@ -125,20 +163,27 @@ mod tests {
             ("authorization", "Bearer client"),
             ("x-request-id", "forged"),
             ("accept", "text/event-stream"),
+            ("x-custom", "kept"),
         ] {
             original.insert_header(name, value).unwrap();
         }
-        let up = upstream_request(&original, &server(None), 12, "id-1").unwrap();
+        let up = upstream_request(&original, &server(None), 12, &id("id-1"));
         let get = |n: &str| up.headers.get(n).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(up.uri.to_string(), "/v1/chat/completions?x=1");
         assert_eq!(get("host").as_deref(), Some("10.0.0.5:8000"));
         assert_eq!(get("content-length").as_deref(), Some("12"));
         assert_eq!(get("x-request-id").as_deref(), Some("id-1"));
+        assert_eq!(up.headers.get_all("x-request-id").iter().count(), 1);
         assert_eq!(get("authorization").as_deref(), Some("Bearer client"));
         assert_eq!(get("accept").as_deref(), Some("text/event-stream"));
+        assert_eq!(get("x-custom").as_deref(), Some("kept"));
         assert_eq!((get("connection"), get("expect")), (None, None));
+        let mut wire = Vec::new();
+        up.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("Host: 10.0.0.5:8000\r\n"), "{wire}");
 
-        let up = upstream_request(&original, &server(Some("k")), 12, "id-1").unwrap();
+        let up = upstream_request(&original, &server(Some("k")), 12, &id("id-1"));
         assert_eq!(
             up.headers.get_all("authorization").iter().count(),
             1,
@@ -155,12 +200,14 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("connection", "close"),
             ("x-request-id", "backend-id"),
+            ("retry-after", "3"),
         ] {
             upstream.insert_header(name, value).unwrap();
         }
-        let down = downstream_response(&upstream, "id-1").unwrap();
+        let down = downstream_response(&upstream, &id("id-1"));
         assert_eq!(down.headers.get("x-request-id").unwrap(), "id-1");
         assert!(down.headers.get("connection").is_none());
         assert_eq!(down.headers.get("transfer-encoding").unwrap(), "chunked");
+        assert_eq!(retry_after(&upstream).as_deref(), Some("3"));
     }
 }

@@ -1,7 +1,7 @@
 //! Logs go to stderr, as text or JSON lines (`--log-format`), with colours only when stderr
 //! is a terminal. A background thread does the writing: a slow or blocked stderr (a full pipe,
 //! a stalled journald) never stalls a request; if it falls behind by more than its buffer,
-//! lines are dropped rather than requests delayed.
+//! lines are dropped (past 8,192 waiting lines) rather than requests delayed.
 
 use std::io::IsTerminal;
 
@@ -30,6 +30,9 @@ pub struct Logs {
 pub fn init(format: LogFormat) -> Logs {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
+        // Lines waiting for the writer thread; the channel's slots are allocated up front,
+        // and the default (128,000) costs 3 MiB of resident memory.
+        .buffered_lines_limit(8192)
         .thread_name("mvllm-log")
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

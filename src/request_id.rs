@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+use bytes::Bytes;
+use http::HeaderValue;
+
 /// The header that carries the id, both ways.
 pub const HEADER: &str = "x-request-id";
 
@@ -16,43 +19,47 @@ pub fn is_usable(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// A request id, stored inline: making one allocates nothing.
-#[derive(Clone, Copy)]
-pub struct RequestId {
-    len: u8,
-    bytes: [u8; MAX_LEN],
-}
+/// A request id, kept as the header value it is sent as: the client's own value is reused
+/// (no copy), and a generated one is made once and shared by every header that carries it.
+#[derive(Clone)]
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// The client's id if it is usable, else a new random one.
-    pub fn from_client(sent: Option<&[u8]>) -> RequestId {
-        match sent.and_then(|s| std::str::from_utf8(s).ok()) {
-            Some(id) if is_usable(id) => {
-                let mut bytes = [0; MAX_LEN];
-                bytes[..id.len()].copy_from_slice(id.as_bytes());
-                RequestId {
-                    len: id.len() as u8,
-                    bytes,
-                }
-            }
+    pub fn from_client(sent: Option<&HeaderValue>) -> RequestId {
+        match sent {
+            Some(value) if value.to_str().is_ok_and(is_usable) => RequestId(value.clone()),
             _ => RequestId::generate(),
         }
+    }
+
+    /// A placeholder, until the request's header is read.
+    pub fn unset() -> RequestId {
+        RequestId(HeaderValue::from_static("-"))
     }
 
     /// 32 hex digits: 128 random bits.
     pub fn generate() -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut bytes = [0; MAX_LEN];
+        let mut digits = [0u8; 32];
         let random = fastrand::u128(..);
-        for (i, byte) in bytes[..32].iter_mut().enumerate() {
-            *byte = HEX[((random >> (4 * i)) & 0xf) as usize];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((random >> (4 * i)) & 0xf) as usize];
         }
-        RequestId { len: 32, bytes }
+        // Hex digits are always a valid header value.
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(digits))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        RequestId(value)
     }
 
     pub fn as_str(&self) -> &str {
-        // Only ever filled from a checked &str or hex digits.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("-")
+        // Only ever made from a checked visible-ASCII value or hex digits.
+        self.0.to_str().unwrap_or("-")
+    }
+
+    /// The id as a header value (a cheap clone: no copy of the bytes).
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
     }
 }
 
@@ -72,23 +79,24 @@ impl fmt::Debug for RequestId {
 mod tests {
     use super::*;
 
+    fn from(sent: &[u8]) -> String {
+        let value = HeaderValue::from_bytes(sent).ok();
+        RequestId::from_client(value.as_ref()).as_str().to_string()
+    }
+
     #[test]
     fn the_clients_id_is_kept_when_usable() {
-        assert_eq!(
-            RequestId::from_client(Some(b"req-42_a.b:c")).as_str(),
-            "req-42_a.b:c"
-        );
+        assert_eq!(from(b"req-42_a.b:c"), "req-42_a.b:c");
         let long = "x".repeat(128);
-        assert_eq!(RequestId::from_client(Some(long.as_bytes())).as_str(), long);
+        assert_eq!(from(long.as_bytes()), long);
         for bad in [
             &b""[..],
             b"has space",
-            b"new\nline",
+            b"tab\there",
             "\u{e9}t\u{e9}".as_bytes(),
             "y".repeat(129).as_bytes(),
         ] {
-            let id = RequestId::from_client(Some(bad));
-            assert_eq!(id.as_str().len(), 32, "{bad:?} replaced");
+            assert_eq!(from(bad).len(), 32, "{bad:?} replaced");
         }
     }
 
@@ -97,6 +105,8 @@ mod tests {
         let a = RequestId::generate();
         let b = RequestId::from_client(None);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.as_str().len(), 32);
         assert_ne!(a.as_str(), b.as_str());
+        assert_eq!(a.header_value(), a.as_str());
     }
 }

@@ -61,7 +61,7 @@ pub async fn whole(
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header(request_id::HEADER, ctx.id.as_str())?;
+    header.insert_header(request_id::HEADER, ctx.id.header_value())?;
     for (name, value) in extra {
         header.insert_header(name.to_string(), value.as_str())?;
     }

@@ -16,6 +16,7 @@ use tokio::time::timeout_at;
 use crate::backend::Backend;
 use crate::context::RequestContext;
 use crate::headers;
+use crate::request_id::RequestId;
 use crate::retry::AttemptResult;
 use crate::usage::UsageScanner;
 
@@ -71,7 +72,7 @@ pub async fn request(
     session: &mut Session,
     backend: &Backend,
     body: &Bytes,
-    request_id: &str,
+    request_id: &RequestId,
     first_byte_deadline: tokio::time::Instant,
 ) -> Result<Answer, NoAnswer> {
     let url = &backend.cfg.url;
@@ -96,12 +97,12 @@ pub async fn request(
     };
     let connected_at = Instant::now();
     let connected = Some(connected_at);
-    let header =
-        headers::upstream_request(session.req_header(), &backend.cfg, body.len(), request_id)
-            .map_err(|e| {
-                let why = format!("cannot build the request for {url}: {e}");
-                fail(AttemptResult::Reset, reused, connected, None, why)
-            })?;
+    let header = headers::upstream_request(
+        session.req_header(),
+        &backend.headers,
+        body.len(),
+        request_id,
+    );
     let send = async {
         upstream.write_request_header(Box::new(header)).await?;
         if !body.is_empty() {
@@ -207,15 +208,7 @@ pub async fn deliver(
         peer,
         ..
     } = answer;
-    let header = match headers::downstream_response(&upstream_header, ctx.id.as_str()) {
-        Ok(header) => header,
-        Err(e) => {
-            return (
-                AttemptResult::Reset,
-                Some(format!("unusable response header: {e}")),
-            )
-        }
-    };
+    let header = headers::downstream_response(&upstream_header, &ctx.id);
     ctx.status = Some(upstream_header.status.as_u16());
     ctx.responded = Some(Instant::now());
     if session

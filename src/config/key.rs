@@ -245,10 +245,14 @@ impl Kind for Secret {
     }
     fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
         let v: String = typed(value)?;
+        // It is sent in a header: visible ASCII only (the value itself is never echoed).
+        if !v.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ReadError::NotAllowed(format!("must be {}", self.allowed())));
+        }
         Ok(Some(v).filter(|k| !k.is_empty()))
     }
     fn allowed(&self) -> String {
-        "a string (never shown)".into()
+        "a string of visible ASCII characters, no spaces (never shown)".into()
     }
     fn show(&self, value: &Option<String>) -> String {
         if value.is_some() { "set" } else { "none" }.into()
