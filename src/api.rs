@@ -7,8 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::backend::ServerView;
 use crate::cluster::Snapshot;
-use crate::stats::ServerView;
 
 /// `GET /health`: 200 while at least one server is healthy, 503 otherwise (so a load
 /// balancer or Kubernetes probe in front of the router can act on it).

@@ -18,7 +18,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::config::{ServerConfig, Settings};
 use crate::headers::ServerHeaders;
 use crate::scrape::{LoadSample, ModelCard};
-use crate::stats::ServerStats;
+use crate::stats::{ServerStats, ServerTotals};
 
 /// A server as the running config lists it.
 pub struct Backend {
@@ -247,6 +247,55 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+/// What every renderer shows of one server, read once from its live state and its stats:
+/// one struct, so that `/load-stats`, `/health`, `/metrics` and the monitor agree.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    pub url: String,
+    pub healthy: bool,
+    pub running: f64,
+    pub waiting: f64,
+    pub kv_cache_usage: Option<f64>,
+    pub capacity: u32,
+    /// Requests the router is forwarding to it now.
+    pub in_flight: u32,
+    /// The load estimate in request units, as the policy sees it (see `Backend::load_units`).
+    pub load_units: f64,
+    /// `load_units / capacity`: the score the least-load policy compares.
+    pub utilization: f64,
+    pub last_check_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub models: Vec<String>,
+    pub totals: ServerTotals,
+}
+
+impl ServerView {
+    pub fn of(backend: &Backend) -> ServerView {
+        let state = &backend.state;
+        let (running, waiting, kv_cache_usage) = match &*state.load.load() {
+            Some(s) => (s.running, s.waiting, s.kv_cache_usage),
+            None => (0.0, 0.0, None),
+        };
+        ServerView {
+            url: backend.cfg.url.clone(),
+            healthy: state.is_healthy(),
+            running,
+            waiting,
+            kv_cache_usage,
+            capacity: backend.cfg.max_concurrent_requests,
+            in_flight: state.in_flight(),
+            load_units: backend.load_units(),
+            utilization: backend.score(),
+            last_check_ms: state.last_check_ms(),
+            last_error: state.last_error.load().as_deref().cloned(),
+            consecutive_failures: state.consecutive_failures(),
+            models: state.models.load().iter().map(|m| m.id.clone()).collect(),
+            totals: state.stats.totals(),
+        }
     }
 }
 

@@ -133,6 +133,14 @@ impl Attempt {
         self.in_flight.server()
     }
 
+    /// When it connected, had sent the request, and got the response header.
+    pub fn timed(
+        &mut self,
+        (connected, sent, header): (Option<Instant>, Option<Instant>, Option<Instant>),
+    ) {
+        (self.connected, self.sent, self.header) = (connected, sent, header);
+    }
+
     /// Ends the attempt: its share of the server's load ends now.
     pub fn end(&mut self, result: AttemptResult, why: Option<String>) {
         self.result = Some(result);

@@ -20,6 +20,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::AccessLog;
 use crate::api;
+use crate::backend::ServerView;
 use crate::cluster::Cluster;
 use crate::context::{Finish, LocalRoute, RequestContext};
 use crate::forward;
@@ -107,10 +108,8 @@ impl Router {
             }
             LocalRoute::Models => respond::json(session, ctx, 200, &api::models(&snapshot)).await,
             LocalRoute::Metrics => {
-                let text = self
-                    .cluster
-                    .stats()
-                    .render(&snapshot.backends, self.recorder.active());
+                let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
+                let text = self.cluster.stats().render(&views, self.recorder.active());
                 respond::metrics(session, ctx, text).await
             }
             LocalRoute::NotFound => {

@@ -39,6 +39,16 @@ enum Failure {
     NoAnswer { result: AttemptResult, why: String },
 }
 
+impl Failure {
+    /// What went wrong, in words, for the logs and the server's `last_error`.
+    fn why(&self) -> String {
+        match self {
+            Failure::Answered { status, .. } => format!("HTTP {status}"),
+            Failure::NoAnswer { why, .. } => why.clone(),
+        }
+    }
+}
+
 /// Answers `session`'s request from a server of `snapshot`.
 pub async fn forward(
     session: &mut Session,
@@ -128,54 +138,49 @@ async fn attempt(
     .await;
 
     let (result, reused) = match &sent {
-        Ok(answer) => (
-            AttemptResult::Status(answer.header.status.as_u16()),
-            answer.reused,
-        ),
-        Err(no) => (no.result, no.reused),
-    };
-    {
-        let attempt = &mut ctx.attempts[index];
-        match &sent {
-            Ok(answer) => {
-                (attempt.sent, attempt.header) = (Some(answer.sent), Some(answer.received))
-            }
-            Err(no) => attempt.sent = no.sent,
+        Ok(answer) => {
+            let status = answer.header.status.as_u16();
+            let times = (
+                Some(answer.connected),
+                Some(answer.sent),
+                Some(answer.received),
+            );
+            ctx.attempts[index].timed(times);
+            (AttemptResult::Status(status), answer.reused)
         }
-    }
+        Err(no) => {
+            ctx.attempts[index].timed((no.connected, no.sent, None));
+            (no.result, no.reused)
+        }
+    };
     let facts = Facts {
         result,
         client_has_bytes: false,
         attempts_left: (1 + settings.max_retries).saturating_sub(ctx.attempts.len() as u32),
         time_left: tokio::time::Instant::now() < deadline,
     };
-    let decision = retry::decide(&facts);
-    let server_at_fault = retry::counts_against_server(result, reused);
-
-    match (decision, sent) {
+    match (retry::decide(&facts), sent) {
         (Decision::Deliver, Ok(answer)) => {
             let status = answer.header.status.as_u16();
             let (ended, why) = upstream::deliver(connector, session, ctx, answer, deadline).await;
             finish_delivery(ctx, index, backend, snapshot, status, ended, why);
             Step::Finished
         }
-        (Decision::Retry | Decision::GiveUp, sent) => {
+        (decision @ (Decision::Retry | Decision::GiveUp), sent) => {
             let failure = match sent {
                 Ok(mut answer) => answered_failure(&mut answer, deadline).await,
                 Err(NoAnswer { result, why, .. }) => Failure::NoAnswer { result, why },
             };
-            let why = match &failure {
-                Failure::Answered { status, .. } => format!("HTTP {status}"),
-                Failure::NoAnswer { why, .. } => why.clone(),
-            };
-            if server_at_fault {
+            let why = failure.why();
+            if retry::counts_against_server(result, reused) {
                 backend.state.record_failure(why.clone(), settings);
             }
-            if decision == Decision::Retry {
-                tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, %why, "attempt failed; trying another server");
+            let next = if decision == Decision::Retry {
+                "trying another server"
             } else {
-                tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, %why, "attempt failed; no attempt or time left");
-            }
+                "no attempt or time left"
+            };
+            tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, %why, "attempt failed; {next}");
             ctx.attempts[index].end(result, Some(why));
             if decision == Decision::Retry {
                 Step::Failed(failure)

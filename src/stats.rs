@@ -6,7 +6,7 @@
 //! response told them. The store is the `prometheus` crate's registry; `/metrics`,
 //! `/load-stats`, `/health` and the fullscreen monitor only render it, so a figure means the
 //! same thing everywhere. The live gauges (in flight, health, scraped load, utilisation) are
-//! the cluster's own atomics, rendered at read time by [`ServerView`], never copied.
+//! the servers' own atomics, read at render time through `backend::ServerView`, never copied.
 //!
 //! Recording takes no lock and allocates nothing: each server's state holds its
 //! [`ServerStats`], handles into the registry made when a (server, model, status, outcome)
@@ -24,7 +24,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::backend::Backend;
+use crate::backend::ServerView;
 use crate::context::{LocalRoute, Outcome, RequestContext};
 
 /// Status classes, as the `status_class` label writes them.
@@ -188,10 +188,10 @@ impl Stats {
     }
 
     /// The Prometheus text exposition: every counter and histogram, then the live gauges of
-    /// `backends` and the router's `active` requests.
-    pub fn render(&self, backends: &[Backend], active: usize) -> String {
+    /// the servers (`views`) and the router's `active` requests.
+    pub fn render(&self, views: &[ServerView], active: usize) -> String {
         let mut families = self.registry.gather();
-        families.extend(live_gauges(backends, active));
+        families.extend(live_gauges(views, active));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::warn!(error = %e, "cannot render the metrics");
@@ -384,57 +384,8 @@ impl ServerStats {
     }
 }
 
-/// What every renderer shows of one server, read once from its live state and its stats:
-/// one struct, so that `/load-stats`, `/health`, `/metrics` and the monitor agree.
-#[derive(Debug, Clone)]
-pub struct ServerView {
-    pub url: String,
-    pub healthy: bool,
-    pub running: f64,
-    pub waiting: f64,
-    pub kv_cache_usage: Option<f64>,
-    pub capacity: u32,
-    /// Requests the router is forwarding to it now.
-    pub in_flight: u32,
-    /// The load estimate in request units, as the policy sees it (see `Backend::load_units`).
-    pub load_units: f64,
-    /// `load_units / capacity`: the score the least-load policy compares.
-    pub utilization: f64,
-    pub last_check_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub models: Vec<String>,
-    pub totals: ServerTotals,
-}
-
-impl ServerView {
-    pub fn of(backend: &Backend) -> ServerView {
-        let state = &backend.state;
-        let (running, waiting, kv_cache_usage) = match &*state.load.load() {
-            Some(s) => (s.running, s.waiting, s.kv_cache_usage),
-            None => (0.0, 0.0, None),
-        };
-        ServerView {
-            url: backend.cfg.url.clone(),
-            healthy: state.is_healthy(),
-            running,
-            waiting,
-            kv_cache_usage,
-            capacity: backend.cfg.max_concurrent_requests,
-            in_flight: state.in_flight(),
-            load_units: backend.load_units(),
-            utilization: backend.score(),
-            last_check_ms: state.last_check_ms(),
-            last_error: state.last_error.load().as_deref().cloned(),
-            consecutive_failures: state.consecutive_failures(),
-            models: state.models.load().iter().map(|m| m.id.clone()).collect(),
-            totals: state.stats.totals(),
-        }
-    }
-}
-
-/// The live gauges, read from the servers' state at render time.
-fn live_gauges(backends: &[Backend], active: usize) -> Vec<prometheus::proto::MetricFamily> {
+/// The live gauges, from the servers' views.
+fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::MetricFamily> {
     let gauge = |name: &str, help: &str| {
         GaugeVec::new(Opts::new(name, help), &["server"])
             .expect("gauge names and labels are valid constants")
@@ -467,8 +418,7 @@ fn live_gauges(backends: &[Backend], active: usize) -> Vec<prometheus::proto::Me
         "mvllm_server_capacity",
         "The server's max_concurrent_requests.",
     );
-    for backend in backends {
-        let v = ServerView::of(backend);
+    for v in views {
         let label = [v.url.as_str()];
         healthy
             .with_label_values(&label)

@@ -116,40 +116,31 @@ pub async fn request(
         return Err(fail(AttemptResult::Reset, reused, connected, None, why));
     }
     let sent = Instant::now();
+    // Every failure from here on: the request was written, no usable header came.
+    let after_sending = |result, why| Err(fail(result, reused, connected, Some(sent), why));
     let header_read = tokio::select! {
         read = timeout_at(first_byte_deadline, upstream.read_response()) => read,
         _ = client_gone(session) => {
-            return Err(fail(AttemptResult::ClientGone, reused, connected, Some(sent), "the client left".into()));
+            return after_sending(AttemptResult::ClientGone, "the client left".into());
         }
     };
     match header_read {
         Err(_) => {
             let waited = first_byte_deadline.saturating_duration_since(sent.into());
             let why = format!("{url} sent no response header within {waited:?}");
-            let timeout = AttemptResult::FirstByteTimeout;
-            return Err(fail(timeout, reused, connected, Some(sent), why));
+            return after_sending(AttemptResult::FirstByteTimeout, why);
         }
         Ok(Err(e)) => {
             let why = format!("reading the response of {url}: {e}");
-            return Err(fail(
-                AttemptResult::Reset,
-                reused,
-                connected,
-                Some(sent),
-                why,
-            ));
+            return after_sending(AttemptResult::Reset, why);
         }
         Ok(Ok(_)) => {}
     }
     let Some(header) = upstream.resp_header().cloned() else {
-        let why = format!("{url} sent no response header");
-        return Err(fail(
+        return after_sending(
             AttemptResult::Reset,
-            reused,
-            connected,
-            Some(sent),
-            why,
-        ));
+            format!("{url} sent no response header"),
+        );
     };
     Ok(Answer {
         header,

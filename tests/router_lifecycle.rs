@@ -7,7 +7,7 @@ mod common;
 use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{client, get_json, servers_file, signal, RouterProcess, Sim};
+use common::{client, get_json, send_json, servers_file, signal, RouterProcess, Sim};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -25,12 +25,7 @@ fn last_check(health: &Value, server: usize) -> Option<SystemTime> {
 /// A stream through the router that stays open until dropped.
 async fn open_stream(router: &RouterProcess) -> OpenStream {
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000, "stream": true});
-    let r = client()
-        .post(router.at("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(router.at("/v1/chat/completions"), &body).await;
     assert_eq!(r.status(), 200);
     let mut stream = Box::pin(r.bytes_stream());
     stream.next().await.unwrap().unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, get_json, RouterProcess, Sim};
+use common::{client, get_json, send_json, RouterProcess, Sim};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -244,12 +244,7 @@ async fn metrics_count_requests_retries_errors_and_tokens() {
     )
     .await;
     for _ in 0..8 {
-        let r = client()
-            .post(router.at("/v1/chat/completions"))
-            .json(&chat("hi", 3))
-            .send()
-            .await
-            .unwrap();
+        let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 3)).await;
         assert_eq!(r.status(), 200);
     }
     let r = client()
@@ -339,12 +334,7 @@ async fn a_stream_cut_by_request_timeout_is_a_timeout_not_a_success() {
     let body =
         json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "stream": true});
     let started = Instant::now();
-    let r = client()
-        .post(router.at("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(router.at("/v1/chat/completions"), &body).await;
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut text = String::new();
@@ -412,12 +402,7 @@ async fn when_every_server_says_429_its_retry_after_reaches_the_client() {
     let a = Sim::start(&flags).await;
     let b = Sim::start(&flags).await;
     let router = RouterProcess::start(&[(&a.url, 4), (&b.url, 4)], "").await;
-    let r = client()
-        .post(router.at("/v1/chat/completions"))
-        .json(&chat("hi", 2))
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 2)).await;
     assert_eq!(r.status(), 429);
     assert_eq!(
         r.headers()["retry-after"],

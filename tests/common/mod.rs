@@ -492,3 +492,8 @@ pub fn sse_payloads(body: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// POSTs `body` as JSON and returns the response (its status and body unread).
+pub async fn send_json(url: String, body: &serde_json::Value) -> reqwest::Response {
+    client().post(url).json(body).send().await.unwrap()
+}
