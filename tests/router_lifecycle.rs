@@ -270,6 +270,7 @@ async fn as_a_daemon_it_detaches_writes_its_pid_and_drains_on_sigterm() {
         .trim()
         .parse()
         .unwrap();
+    let daemon = KillOnDrop(pid);
 
     signal(pid, "TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -277,6 +278,7 @@ async fn as_a_daemon_it_detaches_writes_its_pid_and_drains_on_sigterm() {
         assert!(Instant::now() < deadline, "the daemon did not stop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    std::mem::forget(daemon);
     let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     assert!(
         log.contains("stopped"),
@@ -284,4 +286,15 @@ async fn as_a_daemon_it_detaches_writes_its_pid_and_drains_on_sigterm() {
     );
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_file(&config).ok();
+}
+
+/// Kills a process that no handle owns (a daemon) if the test fails before it stops it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
 }

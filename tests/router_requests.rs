@@ -29,6 +29,19 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// `/metrics` once `ready` accepts it. A request is recorded when its context is dropped,
+/// just after its answer went out, so a client can be a moment ahead of the counters.
+async fn metrics_when(router: &RouterProcess, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(router).await;
+        if ready(&text) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn metrics(router: &RouterProcess) -> String {
     client()
         .get(router.at("/metrics"))
@@ -255,7 +268,8 @@ async fn metrics_count_requests_retries_errors_and_tokens() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    let text = metrics(&router).await;
+    let all_recorded = |text: &str| series(text, "mvllm_requests_total", &[]) == 9.0;
+    let text = metrics_when(&router, all_recorded).await;
     let ok = [
         ("server", good.url.as_str()),
         ("outcome", "ok"),
@@ -412,7 +426,7 @@ async fn when_every_server_says_429_its_retry_after_reaches_the_client() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "RateLimitError");
 
-    let text = metrics(&router).await;
+    let text = metrics_when(&router, |t| series(t, "mvllm_requests_total", &[]) == 1.0).await;
     assert_eq!(
         series(
             &text,
