@@ -131,11 +131,8 @@ mod tests {
 
     fn config(servers: Vec<crate::config::ServerConfig>) -> Config {
         Config {
-            source: "servers.toml".into(),
             servers,
-            settings: Settings::default(),
-            routing: Routing::default(),
-            ignored: vec![],
+            ..Config::empty("servers.toml".as_ref())
         }
     }
 

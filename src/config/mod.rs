@@ -49,15 +49,67 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
 }
 
-/// A validated `servers.toml`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub source: PathBuf,
-    pub servers: Vec<ServerConfig>,
-    pub settings: Settings,
-    pub routing: Routing,
-    /// Keys of the Python mvllm that are accepted but have no effect here, with why.
-    pub ignored: Vec<Ignored>,
+/// Defines [`Config`], with a field for each declared table besides `[servers]`, and what
+/// reads, lists and describes those tables. Adding a table to servers.toml (`[auth]`, say) is
+/// one `section!` declaration in sections.rs and one line here.
+macro_rules! config_with_tables {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// A validated `servers.toml`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Config {
+            pub source: PathBuf,
+            pub servers: Vec<ServerConfig>,
+            $(pub $field: $ty,)*
+            /// Keys of the Python mvllm that are accepted but have no effect here, with why.
+            pub ignored: Vec<Ignored>,
+        }
+
+        impl Config {
+            /// The top-level tables, in the order `check-config` lists them.
+            const TABLES: &'static [&'static str] = &["servers", $(<$ty as Section>::NAME,)*];
+
+            /// A config with no servers and every default (`path` names it in messages).
+            pub fn empty(path: &Path) -> Config {
+                Config {
+                    source: path.to_path_buf(),
+                    servers: Vec::new(),
+                    $($field: <$ty>::default(),)*
+                    ignored: Vec::new(),
+                }
+            }
+
+            /// Reads the declared table `name`; `false` if none is declared by that name.
+            fn read_table(
+                &mut self,
+                source: &Source<'_>,
+                name: &str,
+                table: &DeTable<'_>,
+            ) -> Result<bool, ConfigError> {
+                $(
+                    if name == <$ty as Section>::NAME {
+                        let (section, ignored) = source.section::<$ty>(name, table)?;
+                        self.$field = section;
+                        self.ignored.extend(ignored);
+                        return Ok(true);
+                    }
+                )*
+                Ok(false)
+            }
+
+            fn table_keys() -> Vec<(&'static str, Vec<KeyInfo>)> {
+                vec![$((<$ty as Section>::NAME, <$ty>::keys()),)*]
+            }
+
+            fn describe_tables(&self, out: &mut String) {
+                $(describe_section(out, &self.$field);)*
+            }
+        }
+    };
+}
+
+config_with_tables! {
+    settings: Settings,
+    routing: Routing,
 }
 
 /// A key accepted for compatibility that has no effect: its full name, and why.
@@ -77,9 +129,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// The top-level tables, in the order `check-config` lists them.
-const TABLES: &[&str] = &["servers", "config", "routing"];
 
 /// The document being read: its text (for line numbers) and its path (for messages).
 struct Source<'a> {
@@ -255,33 +304,19 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let source = Source { text, path };
         let document = DeTable::parse(text).map_err(|e| source.syntax(&e))?;
-        let mut config = Config {
-            source: path.to_path_buf(),
-            servers: Vec::new(),
-            settings: Settings::default(),
-            routing: Routing::default(),
-            ignored: Vec::new(),
-        };
+        let mut config = Config::empty(path);
         for (key, value) in document.get_ref().iter() {
             let name = key.get_ref().as_ref();
-            if !TABLES.contains(&name) {
-                return Err(source.unknown(key, TABLES));
+            if !Config::TABLES.contains(&name) {
+                return Err(source.unknown(key, Config::TABLES));
             }
             let Some(table) = value.get_ref().as_table() else {
                 return Err(source.not_a_table(name, value));
             };
-            match name {
-                "servers" => config.servers = source.servers(table)?,
-                "config" => {
-                    let (settings, ignored) = source.section::<Settings>(name, table)?;
-                    config.settings = settings;
-                    config.ignored.extend(ignored);
-                }
-                _ => {
-                    let (routing, ignored) = source.section::<Routing>(name, table)?;
-                    config.routing = routing;
-                    config.ignored.extend(ignored);
-                }
+            if name == "servers" {
+                config.servers = source.servers(table)?;
+            } else {
+                config.read_table(&source, name, table)?;
             }
         }
         Ok(config)
@@ -289,11 +324,9 @@ impl Config {
 
     /// Every declared key of every table, for `check-config --keys` and the docs test.
     pub fn keys() -> Vec<(&'static str, Vec<KeyInfo>)> {
-        vec![
-            ("servers.servers[]", ServerEntry::keys()),
-            (Settings::NAME, Settings::keys()),
-            (Routing::NAME, Routing::keys()),
-        ]
+        let mut keys = vec![("servers.servers[]", ServerEntry::keys())];
+        keys.extend(Config::table_keys());
+        keys
     }
 
     /// A human-readable summary, for `mvllm check-config`: the servers, then every setting
@@ -326,8 +359,7 @@ impl Config {
                 "  (no servers: the router would answer every request with 503)"
             );
         }
-        describe_section(&mut out, &self.settings);
-        describe_section(&mut out, &self.routing);
+        self.describe_tables(&mut out);
         for (key, why) in &self.ignored {
             let _ = writeln!(out, "note: {key} is accepted but has no effect ({why})");
         }
