@@ -116,7 +116,7 @@ impl Stats {
             attempts: counter(&r, "mvllm_attempts_total", "Attempts made on each server (a retried request makes several).", &["server"]),
             retries: counter(&r, "mvllm_retries_total", "Retries away from each server, after it failed before the client got a byte.", &["server"]),
             upstream_errors: counter(&r, "mvllm_upstream_errors_total", "Failed attempts, by server and cause.", &["server", "cause"]),
-            ttft: histogram(&r, "mvllm_time_to_first_token_seconds", "From the request's arrival to the first byte of the answer's body written to the client.", sm,
+            ttft: histogram(&r, "mvllm_time_to_first_token_seconds", "From the request's arrival to the first byte of a server's 2xx answer's body written to the client.", sm,
                 &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
             duration: histogram(&r, "mvllm_request_duration_seconds", "From the request's arrival to the end of its answer.", sm,
                 &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
@@ -159,9 +159,11 @@ impl Stats {
             .attempts
             .last()
             .map_or(&self.unrouted, |a| &a.server().stats);
+        // Time to first token: of a server's 2xx answers only (an error has no token).
+        let answered = !r.attempts.is_empty() && r.status.is_some_and(|s| (200..300).contains(&s));
         server.with_model(r.model_label(), |model| {
             model.request(status_class(r.status), r.outcome).inc();
-            if let Some(ttft) = r.time_to_first_byte() {
+            if let Some(ttft) = r.time_to_first_byte().filter(|_| answered) {
                 model.ttft.observe(ttft.as_secs_f64());
             }
             model.duration.observe(r.elapsed().as_secs_f64());
