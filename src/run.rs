@@ -98,7 +98,11 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         print!("{}", config.describe());
         return Ok(());
     }
-    let conf = server_conf(args.conf.as_deref())?;
+    let mut conf = server_conf(args.conf.as_deref())?;
+    // Daemonizing is done here, before Pingora starts (see daemon.rs), whether the flag or
+    // the conf asks for it; Pingora must not do it again on its own thread.
+    let daemon = args.daemon || conf.daemon;
+    conf.daemon = false;
     let port = match args.port {
         0 => free_port(&args.host)?,
         port => port,
@@ -116,7 +120,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         args.config.display()
     );
     let console = args.console || !std::io::stdout().is_terminal();
-    if args.daemon {
+    if daemon {
         println!("{ready_line} (as a daemon, pid file {})", conf.pid_file);
         crate::daemon::detach(&conf)?;
     }
@@ -168,7 +172,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         },
     ));
 
-    if !args.daemon {
+    if !daemon {
         println!("{ready_line}");
     }
     std::thread::Builder::new()
