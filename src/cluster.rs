@@ -179,6 +179,7 @@ mod tests {
             0,
             "the guard ends on the live state"
         );
+        assert_eq!(a_now.score(), 1.0 / 8.0, "1 running, over the new capacity");
         assert!(
             !now.backends[1].state.is_healthy(),
             "c waits for its first scrape"
