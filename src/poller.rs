@@ -28,7 +28,8 @@ use tokio::time::Instant;
 use crate::backend::{Backend, ServerState};
 use crate::cluster::Cluster;
 use crate::config::Settings;
-use crate::scrape::Scraper;
+use crate::scrape::{timed, Scraper};
+use crate::stats::Scrape;
 
 pub struct Poller {
     cluster: Arc<Cluster>,
@@ -160,7 +161,9 @@ async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at
 }
 
 async fn scrape(b: &Backend, scraper: &Scraper, settings: &Settings) {
-    match scraper.load(&b.cfg.url, b.cfg.api_key.as_deref()).await {
+    let (read, took) = timed(scraper.load(&b.cfg.url, b.cfg.api_key.as_deref())).await;
+    b.state.stats.scraped(Scrape::Metrics, took, read.is_ok());
+    match read {
         Ok(load) => b.state.scrape_succeeded(load, settings),
         Err(e) => b.state.scrape_failed(format!("/metrics: {e}"), settings),
     }
@@ -181,7 +184,9 @@ async fn resolve(b: &Backend, settings: &Settings) {
 }
 
 async fn refresh_models(b: &Backend, scraper: &Scraper) {
-    match scraper.models(&b.cfg.url, b.cfg.api_key.as_deref()).await {
+    let (read, took) = timed(scraper.models(&b.cfg.url, b.cfg.api_key.as_deref())).await;
+    b.state.stats.scraped(Scrape::Models, took, read.is_ok());
+    match read {
         Ok(models) => b.state.set_models(models),
         Err(e) => {
             // The metrics scrape decides health; a model-list failure is only remembered.

@@ -57,6 +57,26 @@ struct Families {
     router_added: HistogramVec,
     prompt_tokens: IntCounterVec,
     completion_tokens: IntCounterVec,
+    scrape_duration: HistogramVec,
+    scrape_failures: IntCounterVec,
+}
+
+/// What the poller reads of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scrape {
+    /// `/metrics`: its load.
+    Metrics,
+    /// `/v1/models`: what it serves.
+    Models,
+}
+
+impl Scrape {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scrape::Metrics => "metrics",
+            Scrape::Models => "models",
+        }
+    }
 }
 
 /// The hub.
@@ -67,6 +87,9 @@ pub struct Stats {
     unrouted: ServerStats,
     /// Requests the router answered itself, by route.
     local: Vec<IntCounter>,
+    /// Config reloads applied, and refused.
+    reloads_ok: IntCounter,
+    reloads_failed: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -124,7 +147,24 @@ impl Stats {
                 &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
             prompt_tokens: counter(&r, "mvllm_prompt_tokens_total", "Prompt tokens, as the answers reported them.", sm),
             completion_tokens: counter(&r, "mvllm_completion_tokens_total", "Completion tokens, as the answers reported them.", sm),
+            scrape_duration: histogram(&r, "mvllm_scrape_duration_seconds", "How long reading a server's /metrics or /v1/models took (failures included).", &["server", "endpoint"],
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            scrape_failures: counter(&r, "mvllm_scrape_failures_total", "Failed reads of a server's /metrics or /v1/models (refused, timed out, an error status, or not understood).", &["server", "endpoint"]),
         };
+        let reloads = counter(
+            &r,
+            "mvllm_config_reloads_total",
+            "Changes to servers.toml seen while running: applied (ok) or refused (failed, the running config stays).",
+            &["result"],
+        );
+        let build = prometheus::IntGaugeVec::new(
+            Opts::new("mvllm_build_info", "The running build (always 1)."),
+            &["version"],
+        )
+        .expect("a valid constant name and label");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build))
+            .expect("each metric is registered once");
         let local_vec = counter(
             &r,
             "mvllm_local_requests_total",
@@ -141,12 +181,23 @@ impl Stats {
             families,
             unrouted,
             local,
+            reloads_ok: reloads.with_label_values(&["ok"]),
+            reloads_failed: reloads.with_label_values(&["failed"]),
         }
     }
 
     /// The handles for one server, made once and kept in its state.
     pub fn server(&self, url: &str) -> ServerStats {
         ServerStats::new(url, self.families.clone())
+    }
+
+    /// Records a change to servers.toml: applied or refused.
+    pub fn config_reloaded(&self, applied: bool) {
+        if applied {
+            self.reloads_ok.inc();
+        } else {
+            self.reloads_failed.inc();
+        }
     }
 
     /// Records a finished request.
@@ -218,6 +269,8 @@ pub struct ServerStats {
     retries: OnceLock<IntCounter>,
     router_added: OnceLock<Histogram>,
     errors: [OnceLock<IntCounter>; CAUSES.len()],
+    /// Per `Scrape`: how long reads take, how many failed.
+    scrapes: [OnceLock<(Histogram, IntCounter)>; 2],
     /// Per-model handles; read lock-free, replaced whole when a model is first seen.
     models: ArcSwap<Vec<Arc<ModelStats>>>,
     /// Serialises adding a model (only the first request of each model takes it).
@@ -267,6 +320,7 @@ impl ServerStats {
             retries: OnceLock::new(),
             router_added: OnceLock::new(),
             errors: std::array::from_fn(|_| OnceLock::new()),
+            scrapes: std::array::from_fn(|_| OnceLock::new()),
             models: ArcSwap::from_pointee(Vec::new()),
             adding: Mutex::new(()),
             server: server.into(),
@@ -299,6 +353,21 @@ impl ServerStats {
                 .upstream_errors
                 .with_label_values(&[&*self.server, CAUSES[index]])
         })
+    }
+
+    /// Records one read of the server's `/metrics` or `/v1/models` by the poller.
+    pub fn scraped(&self, what: Scrape, took: Duration, ok: bool) {
+        let (duration, failures) = self.scrapes[what as usize].get_or_init(|| {
+            let labels = [&*self.server, what.as_str()];
+            (
+                self.families.scrape_duration.with_label_values(&labels),
+                self.families.scrape_failures.with_label_values(&labels),
+            )
+        });
+        duration.observe(took.as_secs_f64());
+        if !ok {
+            failures.inc();
+        }
     }
 
     /// Runs `f` on the handles of `model`, making them on its first use.

@@ -94,13 +94,18 @@ fn reload(path: &Path, cluster: &Cluster, last: &mut String) {
                 );
             }
             match cluster.apply(config) {
-                Ok(summary) => tracing::info!(file = %path.display(), %summary, "config reloaded"),
+                Ok(summary) => {
+                    cluster.stats().config_reloaded(true);
+                    tracing::info!(file = %path.display(), %summary, "config reloaded");
+                }
                 Err(why) => {
-                    tracing::error!(file = %path.display(), %why, "config NOT reloaded, the running config stays in force")
+                    cluster.stats().config_reloaded(false);
+                    tracing::error!(file = %path.display(), %why, "config NOT reloaded, the running config stays in force");
                 }
             }
         }
         Err(error) => {
+            cluster.stats().config_reloaded(false);
             tracing::error!("config NOT reloaded, the running config stays in force: {error}");
         }
     }
