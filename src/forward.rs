@@ -100,7 +100,7 @@ pub async fn forward(
             }
         }
     }
-    give_up(session, ctx, last_failure).await;
+    give_up(session, ctx, snapshot, last_failure).await;
 }
 
 /// What one attempt came to, for the loop.
@@ -162,7 +162,12 @@ async fn attempt(
     match (retry::decide(&facts), sent) {
         (Decision::Deliver, Ok(answer)) => {
             let status = answer.header.status.as_u16();
-            let (ended, why) = upstream::deliver(connector, session, ctx, answer, deadline).await;
+            let routing = settings.expose_routing_headers.then(|| headers::Routing {
+                server: &backend.headers,
+                attempts: ctx.attempts.len(),
+            });
+            let (ended, why) =
+                upstream::deliver(connector, session, ctx, answer, routing, deadline).await;
             finish_delivery(ctx, index, backend, snapshot, status, ended, why);
             Step::Finished
         }
@@ -250,8 +255,20 @@ async fn answered_failure(answer: &mut Answer, deadline: tokio::time::Instant) -
 }
 
 /// Every attempt failed: pass the last server's own answer on if it gave one.
-async fn give_up(session: &mut Session, ctx: &mut RequestContext, last: Option<Failure>) {
+async fn give_up(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    snapshot: &Snapshot,
+    last: Option<Failure>,
+) {
     ctx.outcome = Outcome::UpstreamFailed;
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    if snapshot.settings.expose_routing_headers {
+        if let Some(attempt) = ctx.attempts.last() {
+            extra.push((headers::UPSTREAM_HEADER, attempt.server().url.to_string()));
+            extra.push((headers::ATTEMPTS_HEADER, ctx.attempts.len().to_string()));
+        }
+    }
     let written = match last {
         Some(Failure::Answered {
             status,
@@ -259,10 +276,7 @@ async fn give_up(session: &mut Session, ctx: &mut RequestContext, last: Option<F
             retry_after,
             body,
         }) => {
-            let extra: Vec<(&str, String)> = retry_after
-                .into_iter()
-                .map(|v| ("retry-after", v))
-                .collect();
+            extra.extend(retry_after.map(|v| ("retry-after", v)));
             respond::whole(session, ctx, status, &content_type, body, &extra).await
         }
         Some(Failure::NoAnswer { result, why }) => {
@@ -281,7 +295,7 @@ async fn give_up(session: &mut Session, ctx: &mut RequestContext, last: Option<F
                     servers.join(", ")
                 ),
             );
-            respond::error(session, ctx, &error, &[]).await
+            respond::error(session, ctx, &error, &extra).await
         }
         None => {
             ctx.outcome = Outcome::NoServer;

@@ -40,10 +40,19 @@ const SET_ON_REQUEST: &[&str] = &[
 
 const REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
 
+/// The routing headers (`expose_routing_headers`): which server answered, after how many
+/// attempts.
+pub const UPSTREAM_HEADER: &str = "x-mvllm-upstream";
+pub const ATTEMPTS_HEADER: &str = "x-mvllm-attempts";
+const UPSTREAM: HeaderName = HeaderName::from_static(UPSTREAM_HEADER);
+const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
+
 /// The headers a server's requests always carry, made once per config.
 #[derive(Debug, Clone)]
 pub struct ServerHeaders {
     host: HeaderValue,
+    /// The server's URL, for `x-mvllm-upstream`.
+    pub url: HeaderValue,
     /// `Bearer <api_key>`, replacing the client's `authorization`.
     authorization: Option<HeaderValue>,
 }
@@ -55,6 +64,8 @@ impl ServerHeaders {
             // Config validation allows only header-safe URLs and keys; a value that still
             // failed would be left out rather than take the router down.
             host: HeaderValue::from_str(authority).unwrap_or_else(|_| HeaderValue::from_static("")),
+            url: HeaderValue::from_str(&server.url)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
             authorization: server
                 .api_key
                 .as_ref()
@@ -104,11 +115,22 @@ pub fn upstream_request(
     RequestHeader::from(parts)
 }
 
+/// Which server answered after how many attempts, when `expose_routing_headers` is on.
+pub struct Routing<'a> {
+    pub server: &'a ServerHeaders,
+    pub attempts: usize,
+}
+
 /// The server's response header as it goes to the client: hop-by-hop headers dropped, the
-/// request id set. `content-length` and `transfer-encoding` stay: Pingora frames the body it
-/// writes to the client by them, and the body is passed on as it comes.
-pub fn downstream_response(upstream: &ResponseHeader, request_id: &RequestId) -> ResponseHeader {
-    let mut headers = HeaderMap::with_capacity(upstream.headers.len() + 1);
+/// request id set, and the routing headers if asked for. `content-length` and
+/// `transfer-encoding` stay: Pingora frames the body it writes to the client by them, and the
+/// body is passed on as it comes.
+pub fn downstream_response(
+    upstream: &ResponseHeader,
+    request_id: &RequestId,
+    routing: Option<Routing<'_>>,
+) -> ResponseHeader {
+    let mut headers = HeaderMap::with_capacity(upstream.headers.len() + 3);
     for (name, value) in upstream.headers.iter() {
         let name_str = name.as_str();
         if HOP_BY_HOP.contains(&name_str) || name == REQUEST_ID {
@@ -117,6 +139,10 @@ pub fn downstream_response(upstream: &ResponseHeader, request_id: &RequestId) ->
         headers.append(name.clone(), value.clone());
     }
     headers.insert(REQUEST_ID, request_id.header_value());
+    if let Some(routing) = routing {
+        headers.insert(UPSTREAM, routing.server.url.clone());
+        headers.insert(ATTEMPTS, HeaderValue::from(routing.attempts));
+    }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = upstream.status;
     parts.version = Version::HTTP_11;
@@ -204,8 +230,23 @@ mod tests {
         ] {
             upstream.insert_header(name, value).unwrap();
         }
-        let down = downstream_response(&upstream, &id("id-1"));
+        let down = downstream_response(&upstream, &id("id-1"), None);
         assert_eq!(down.headers.get("x-request-id").unwrap(), "id-1");
+        assert!(
+            down.headers.get("x-mvllm-upstream").is_none(),
+            "off unless asked"
+        );
+        let server = server(None);
+        let routing = Routing {
+            server: &server,
+            attempts: 2,
+        };
+        let down = downstream_response(&upstream, &id("id-1"), Some(routing));
+        assert_eq!(
+            down.headers.get("x-mvllm-upstream").unwrap(),
+            "http://10.0.0.5:8000"
+        );
+        assert_eq!(down.headers.get("x-mvllm-attempts").unwrap(), "2");
         assert!(down.headers.get("connection").is_none());
         assert_eq!(down.headers.get("transfer-encoding").unwrap(), "chunked");
         assert_eq!(retry_after(&upstream).as_deref(), Some("3"));

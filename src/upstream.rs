@@ -191,6 +191,7 @@ pub async fn deliver(
     session: &mut Session,
     ctx: &mut RequestContext,
     answer: Answer,
+    routing: Option<headers::Routing<'_>>,
     deadline: tokio::time::Instant,
 ) -> (AttemptResult, Option<String>) {
     let Answer {
@@ -199,7 +200,7 @@ pub async fn deliver(
         peer,
         ..
     } = answer;
-    let header = headers::downstream_response(&upstream_header, &ctx.id);
+    let header = headers::downstream_response(&upstream_header, &ctx.id, routing);
     ctx.status = Some(upstream_header.status.as_u16());
     ctx.responded = Some(Instant::now());
     if session

@@ -447,3 +447,49 @@ async fn when_every_server_says_429_its_retry_after_reaches_the_client() {
     let health = get_json(router.at("/health")).await;
     assert_eq!(health["healthy_servers"], 2, "busy is not broken");
 }
+
+#[tokio::test]
+async fn routing_headers_only_when_asked_for() {
+    let good = Sim::start(&["--itl-ms", "1"]).await;
+    let broken = Sim::start(&[
+        "--itl-ms",
+        "1",
+        "--fault-error-rate",
+        "1",
+        "--fault-error-status",
+        "503",
+    ])
+    .await;
+    let servers = [(good.url.as_str(), 4), (broken.url.as_str(), 4)];
+    let quiet = RouterProcess::start(&servers, "failure_threshold = 100\n").await;
+    let r = send_json(quiet.at("/v1/chat/completions"), &chat("hi", 2)).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("x-mvllm-upstream").is_none(),
+        "off by default"
+    );
+    assert!(r.headers().get("x-mvllm-attempts").is_none());
+
+    let lines = "failure_threshold = 100\nexpose_routing_headers = true\n";
+    let router = RouterProcess::start(&servers, lines).await;
+    let mut seen_retry = false;
+    for _ in 0..8 {
+        let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 2)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-mvllm-upstream"], good.url.as_str());
+        let attempts = r.headers()["x-mvllm-attempts"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(attempts == "1" || attempts == "2", "{attempts}");
+        seen_retry |= attempts == "2";
+    }
+    assert!(seen_retry, "some requests tried the broken server first");
+
+    // A request every server fails: the last one tried, and how many were.
+    let only_broken = RouterProcess::start(&[(&broken.url, 4)], lines).await;
+    let r = send_json(only_broken.at("/v1/chat/completions"), &chat("hi", 2)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-mvllm-upstream"], broken.url.as_str());
+    assert_eq!(r.headers()["x-mvllm-attempts"], "1");
+}

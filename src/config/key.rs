@@ -207,6 +207,27 @@ where
     }
 }
 
+/// On or off.
+pub struct Flag {
+    pub default: bool,
+}
+
+impl Kind for Flag {
+    type Value = bool;
+    fn default_value(&self) -> bool {
+        self.default
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<bool, ReadError> {
+        typed(value)
+    }
+    fn allowed(&self) -> String {
+        "true or false".into()
+    }
+    fn show(&self, value: &bool) -> String {
+        value.to_string()
+    }
+}
+
 /// One of a fixed list of names.
 pub struct OneOf {
     pub default: &'static str,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::key::{section, OneOf, Seconds, Secret, ServerUrl, Url, Whole};
+use super::key::{section, Flag, OneOf, Seconds, Secret, ServerUrl, Url, Whole};
 
 section! {
     /// One entry of `[servers] servers = [...]`.
@@ -46,6 +46,10 @@ section! {
         /// How often servers.toml is compared with the running config even without file
         /// events (some network and container file systems deliver none).
         config_reload_interval: Duration = Seconds { default: 30.0, min: 0.1 },
+        /// Add `x-mvllm-upstream` (the server that answered) and `x-mvllm-attempts` to
+        /// forwarded answers, for debugging from the client side. Off: server addresses are
+        /// internal.
+        expose_routing_headers: bool = Flag { default: false },
     }
     ignored [
         "auto_recovery_threshold",
