@@ -78,10 +78,15 @@ impl Cluster {
             .filter(|b| !next.backends.iter().any(|n| n.cfg.url == b.cfg.url))
             .count();
         let policy = next.policy.name();
+        let restart = if next.settings.admin_address != old.settings.admin_address {
+            "; admin_address changes at the next start"
+        } else {
+            ""
+        };
         self.current.store(Arc::new(next));
         self.reloads.send_modify(|n| *n += 1);
         Ok(format!(
-            "{added} added, {removed} removed, {changed} changed, {kept} unchanged; policy {policy}"
+            "{added} added, {removed} removed, {changed} changed, {kept} unchanged; policy {policy}{restart}"
         ))
     }
 

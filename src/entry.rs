@@ -9,6 +9,7 @@
 //! Calls go one way: entry → {api, forward} → {policy, upstream, respond, retry}; the context
 //! carries the facts down, and its drop reports them to [`Recorder`] (stats hub, access log).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -68,15 +69,34 @@ pub struct Router {
     cluster: Arc<Cluster>,
     connector: Connector,
     recorder: Arc<Recorder>,
+    /// The admin listener (`admin_address`, read at start), if there is one.
+    admin: Option<SocketAddr>,
 }
 
 impl Router {
-    pub fn new(cluster: Arc<Cluster>, connector: Connector, recorder: Arc<Recorder>) -> Router {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        connector: Connector,
+        recorder: Arc<Recorder>,
+        admin: Option<SocketAddr>,
+    ) -> Router {
         Router {
             cluster,
             connector,
             recorder,
+            admin,
         }
+    }
+
+    /// Whether `session` came in on the admin listener.
+    fn on_admin_listener(&self, session: &Session) -> bool {
+        let Some(admin) = self.admin else {
+            return false;
+        };
+        let local = session.server_addr().and_then(|a| a.as_inet());
+        local.is_some_and(|l| {
+            l.port() == admin.port() && (admin.ip().is_unspecified() || l.ip() == admin.ip())
+        })
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestContext) {
@@ -87,11 +107,15 @@ impl Router {
         ctx.begin(session.req_header(), client);
         let header = session.req_header();
         let snapshot = self.cluster.snapshot();
+        // With an admin listener, the operator's endpoints are there and only there.
+        let admin = self.on_admin_listener(session);
+        let operator = self.admin.is_none() || admin;
         let route = match (&header.method, header.uri.path()) {
             (&Method::GET, "/health") => LocalRoute::Health,
-            (&Method::GET, "/load-stats") => LocalRoute::LoadStats,
+            (&Method::GET, "/load-stats") if operator => LocalRoute::LoadStats,
+            (&Method::GET, "/metrics") if operator => LocalRoute::Metrics,
+            _ if admin => LocalRoute::NotFound,
             (&Method::GET, "/v1/models") => LocalRoute::Models,
-            (&Method::GET, "/metrics") => LocalRoute::Metrics,
             (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => {
                 return forward::forward(session, ctx, &snapshot, &self.connector).await;
             }
@@ -113,8 +137,13 @@ impl Router {
                 respond::metrics(session, ctx, text).await
             }
             LocalRoute::NotFound => {
+                let serves = match (self.admin, admin) {
+                    (None, _) => "/v1/*, /tokenize, /detokenize, /health, /load-stats and /metrics",
+                    (Some(_), false) => "/v1/*, /tokenize, /detokenize and /health (/load-stats and /metrics are on the admin address)",
+                    (Some(_), true) => "/health, /load-stats and /metrics (this is the admin address)",
+                };
                 let error = ApiError::not_found(format!(
-                    "No route for {} {}: the router serves /v1/*, /tokenize, /detokenize, /health, /load-stats and /metrics",
+                    "No route for {} {}: the router serves {serves}",
                     ctx.method, ctx.path
                 ));
                 respond::error(session, ctx, &error, &[]).await

@@ -107,6 +107,14 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         0 => free_port(&args.host)?,
         port => port,
     };
+    if let Some(admin) = config.settings.admin_address {
+        if admin.port() == port {
+            anyhow::bail!(
+                "error: {}: admin_address {admin} uses the router's own port {port}; give it another",
+                path.display()
+            );
+        }
+    }
     let address = format!("{}:{port}", args.host);
     let shown = if args.host == "0.0.0.0" {
         format!("127.0.0.1:{port}")
@@ -153,9 +161,18 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let access_log =
         (console && !args.no_access_log).then(|| AccessLog::new(logs.format, logs.writer.clone()));
     let recorder = Arc::new(Recorder::new(Arc::clone(&cluster), access_log));
-    let router = Router::new(Arc::clone(&cluster), connector, Arc::clone(&recorder));
+    let admin = cluster.snapshot().settings.admin_address;
+    let router = Router::new(
+        Arc::clone(&cluster),
+        connector,
+        Arc::clone(&recorder),
+        admin,
+    );
     let mut proxy = http_proxy_service(&server.configuration, router);
     proxy.add_tcp(&address);
+    if let Some(admin) = admin {
+        proxy.add_tcp(&admin.to_string());
+    }
     server.add_service(proxy);
     server.add_service(background_service(
         "poller",

@@ -493,3 +493,48 @@ async fn routing_headers_only_when_asked_for() {
     assert_eq!(r.headers()["x-mvllm-upstream"], broken.url.as_str());
     assert_eq!(r.headers()["x-mvllm-attempts"], "1");
 }
+
+#[tokio::test]
+async fn with_an_admin_address_the_operators_endpoints_move_there() {
+    let sim = Sim::start(&["--itl-ms", "1"]).await;
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lines = format!("admin_address = \"127.0.0.1:{admin_port}\"\n");
+    let router = RouterProcess::start(&[(&sim.url, 4)], &lines).await;
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let status = |url: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client().get(&url).send().await {
+                Ok(r) => return r.status().as_u16(),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{url}: {e}"),
+            }
+        }
+    };
+    // The public port: inference and /health, not the operator's endpoints.
+    assert_eq!(status(router.at("/metrics")).await, 404);
+    assert_eq!(status(router.at("/load-stats")).await, 404);
+    assert_eq!(status(router.at("/health")).await, 200);
+    let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 2)).await;
+    assert_eq!(r.status(), 200);
+    // The admin address: the operator's endpoints and /health, no inference.
+    assert_eq!(status(format!("{admin}/metrics")).await, 200);
+    assert_eq!(status(format!("{admin}/load-stats")).await, 200);
+    assert_eq!(status(format!("{admin}/health")).await, 200);
+    let r = send_json(format!("{admin}/v1/chat/completions"), &chat("hi", 2)).await;
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin address"),
+        "{body}"
+    );
+}

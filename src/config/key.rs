@@ -228,6 +228,31 @@ impl Kind for Flag {
     }
 }
 
+/// An optional listening address, `IP:PORT`.
+pub struct ListenAddress;
+
+impl Kind for ListenAddress {
+    type Value = Option<std::net::SocketAddr>;
+    fn default_value(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError> {
+        let v: String = typed(value)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse()
+            .map(Some)
+            .map_err(|_| ReadError::NotAllowed(format!("must be {}, got {v:?}", self.allowed())))
+    }
+    fn allowed(&self) -> String {
+        "an IP:PORT to listen on, e.g. \"127.0.0.1:9888\", or \"\" for none".into()
+    }
+    fn show(&self, value: &Self::Value) -> String {
+        value.map_or("none".into(), |a| a.to_string())
+    }
+}
+
 /// One of a fixed list of names.
 pub struct OneOf {
     pub default: &'static str,

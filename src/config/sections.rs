@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::key::{section, Flag, OneOf, Seconds, Secret, ServerUrl, Url, Whole};
+use super::key::{section, Flag, ListenAddress, OneOf, Seconds, Secret, ServerUrl, Url, Whole};
 
 section! {
     /// One entry of `[servers] servers = [...]`.
@@ -50,6 +50,9 @@ section! {
         /// forwarded answers, for debugging from the client side. Off: server addresses are
         /// internal.
         expose_routing_headers: bool = Flag { default: false },
+        /// Serve `/metrics` and `/load-stats` on this address only (with `/health`, nothing else),
+        /// to keep them off the public port. Read at start: a change needs a restart.
+        admin_address: Option<std::net::SocketAddr> = ListenAddress,
     }
     ignored [
         "auto_recovery_threshold",
