@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
 use pingora::connectors::http::v1::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, Session};
@@ -16,6 +17,7 @@ use tokio::time::timeout_at;
 use crate::backend::Backend;
 use crate::context::RequestContext;
 use crate::headers;
+use crate::openai::ApiError;
 use crate::request_id::RequestId;
 use crate::retry::AttemptResult;
 use crate::usage::UsageScanner;
@@ -212,6 +214,10 @@ pub async fn deliver(
     }
     let mut usage = UsageScanner::default();
     let scan = is_json_or_sse(&upstream_header);
+    // A stream whose end the router writes (chunked, not a fixed length) can be ended with an
+    // error event when the server breaks off; anything else can only be cut.
+    let stream = is_sse(&upstream_header) && !upstream_header.headers.contains_key(CONTENT_LENGTH);
+    let mut ends_an_event = true;
     let result = loop {
         match timeout_at(deadline, upstream.read_body_bytes()).await {
             Ok(Ok(Some(chunk))) => {
@@ -219,6 +225,7 @@ pub async fn deliver(
                     usage.feed(&chunk);
                 }
                 ctx.first_byte.get_or_insert_with(Instant::now);
+                ends_an_event = chunk.ends_with(b"\n\n");
                 if session
                     .write_response_body(Some(chunk), false)
                     .await
@@ -230,20 +237,26 @@ pub async fn deliver(
             }
             Ok(Ok(None)) => break (AttemptResult::Delivered, None),
             Ok(Err(e)) => {
-                // The client has bytes already, so no retry: close its connection so it sees
-                // an incomplete answer, not a clean end.
-                session.shutdown().await;
-                break (
-                    AttemptResult::BrokeOff,
-                    Some(format!("broke off mid-response: {e}")),
-                );
+                let why = format!("the server broke off the answer: {e}");
+                end_broken_answer(
+                    session,
+                    stream,
+                    ends_an_event,
+                    &ApiError::new(502, "BadGateway", &why),
+                )
+                .await;
+                break (AttemptResult::BrokeOff, Some(why));
             }
             Err(_) => {
-                session.shutdown().await;
-                break (
-                    AttemptResult::DeadlineMidBody,
-                    Some("request_timeout reached mid-response".into()),
-                );
+                let why = "request_timeout was reached before the answer ended".to_string();
+                end_broken_answer(
+                    session,
+                    stream,
+                    ends_an_event,
+                    &ApiError::new(504, "GatewayTimeout", &why),
+                )
+                .await;
+                break (AttemptResult::DeadlineMidBody, Some(why));
             }
         }
     };
@@ -255,6 +268,45 @@ pub async fn deliver(
             .await;
     }
     result
+}
+
+/// Ends an answer that cannot be completed, after the client has part of it (so there is no
+/// retry). A stream gets a last event in the shape vLLM and OpenAI use for errors in a stream,
+/// `data: {"error": {...}}` — the OpenAI SDK raises it as an `APIError` with its message — and
+/// then ends; anything else has its connection closed, so the client sees an incomplete
+/// answer, never a short one with a clean end.
+async fn end_broken_answer(
+    session: &mut Session,
+    stream: bool,
+    ends_an_event: bool,
+    error: &ApiError,
+) {
+    if stream {
+        let mut event = Vec::with_capacity(256);
+        if !ends_an_event {
+            // Close the partial event first, so the error stands as an event of its own.
+            event.extend_from_slice(b"\n\n");
+        }
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(error.to_json().as_bytes());
+        event.extend_from_slice(b"\n\n");
+        let written = session
+            .write_response_body(Some(Bytes::from(event)), false)
+            .await;
+        if written.is_ok() && session.write_response_body(None, true).await.is_ok() {
+            return;
+        }
+    }
+    session.shutdown().await;
+}
+
+/// Whether an answer is a server-sent event stream.
+fn is_sse(header: &ResponseHeader) -> bool {
+    header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("event-stream"))
 }
 
 /// Token counts are only looked for in JSON and SSE answers.

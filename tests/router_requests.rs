@@ -371,6 +371,11 @@ async fn a_stream_cut_by_request_timeout_is_a_timeout_not_a_success() {
         "the client sees an incomplete stream: {text}"
     );
     assert!(text.contains("data: {"), "it had part of the answer");
+    if !broken {
+        let events = common::sse_payloads(&text);
+        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["code"], 504, "told why it ended: {text}");
+    }
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -536,5 +541,42 @@ async fn with_an_admin_address_the_operators_endpoints_move_there() {
             .unwrap()
             .contains("admin address"),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_the_server_breaks_off_ends_with_an_error_event() {
+    let cut = Sim::start(&["--itl-ms", "1", "--fault-cut-stream-after", "3"]).await;
+    let router = RouterProcess::start(&[(&cut.url, 4)], "").await;
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "stream": true});
+    let r = send_json(router.at("/v1/chat/completions"), &body).await;
+    assert_eq!(r.status(), 200);
+    let text = r
+        .text()
+        .await
+        .expect("the stream ends cleanly, with the error told");
+    let events = common::sse_payloads(&text);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], 502, "{text}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broke off"),
+        "{last}"
+    );
+    assert!(
+        events.len() >= 4,
+        "the tokens before the break came through: {text}"
+    );
+    assert!(!text.contains("[DONE]"), "never a clean end");
+    let text = metrics_when(&router, |t| {
+        series(t, "mvllm_requests_total", &[("outcome", "broke_off")]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        series(&text, "mvllm_requests_total", &[("outcome", "broke_off")]),
+        1.0
     );
 }
