@@ -12,7 +12,7 @@ use crate::cluster::Snapshot;
 
 /// `GET /health`: 200 while at least one server is healthy, 503 otherwise (so a load
 /// balancer or Kubernetes probe in front of the router can act on it).
-pub fn health(snapshot: &Snapshot) -> (u16, Value) {
+pub fn health(snapshot: &Snapshot, config_error: Option<&str>) -> (u16, Value) {
     let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
     let settings = &snapshot.settings;
     let total = views.len();
@@ -49,6 +49,7 @@ pub fn health(snapshot: &Snapshot) -> (u16, Value) {
         "healthy_servers": healthy,
         "unhealthy_servers": total - healthy,
         "servers": servers,
+        "config_error": config_error,
         "config": {
             "metrics_interval": settings.metrics_interval.as_secs_f64(),
             "health_check_interval": settings.health_check_interval.as_secs_f64(),
@@ -157,7 +158,7 @@ mod tests {
 
     #[test]
     fn health_status_and_code() {
-        let (code, body) = health(&Cluster::of(vec![]).snapshot());
+        let (code, body) = health(&Cluster::of(vec![]).snapshot(), None);
         assert_eq!((code, body["status"].as_str()), (503, Some("no_servers")));
 
         let a = healthy("http://a", 4, &["m"], 0.0);
@@ -166,13 +167,17 @@ mod tests {
         for _ in 0..settings.failure_threshold {
             b.state.record_failure("connect refused".into(), &settings);
         }
-        let (code, body) = health(&Cluster::of(vec![a, b]).snapshot());
+        let (code, body) = health(
+            &Cluster::of(vec![a, b]).snapshot(),
+            Some("servers.toml: line 2"),
+        );
         assert_eq!(code, 200);
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["servers"][1]["healthy"], false);
         assert_eq!(body["servers"][1]["last_error"], "connect refused");
         assert_eq!(body["servers"][0]["models"], json!(["m"]));
         assert_eq!(body["config"]["policy"], "least-load");
+        assert_eq!(body["config_error"], "servers.toml: line 2");
         assert!(body["servers"][0]["last_check"]
             .as_str()
             .unwrap()

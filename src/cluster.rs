@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::backend::{Backend, ServerState};
@@ -33,6 +33,8 @@ pub struct Cluster {
     stats: Arc<Stats>,
     /// Counts reloads; background services wait on it to follow a new config.
     reloads: watch::Sender<u64>,
+    /// Why the last edit of the config file was refused, until a valid one arrives.
+    config_error: ArcSwapOption<String>,
 }
 
 impl Cluster {
@@ -42,7 +44,18 @@ impl Cluster {
             current: ArcSwap::from_pointee(snapshot),
             stats,
             reloads: watch::Sender::new(0),
+            config_error: ArcSwapOption::empty(),
         })
+    }
+
+    /// Why the last edit of the config file was refused, if the running config is older than
+    /// the file.
+    pub fn config_error(&self) -> Option<Arc<String>> {
+        self.config_error.load_full()
+    }
+
+    pub fn set_config_error(&self, error: Option<String>) {
+        self.config_error.store(error.map(Arc::new));
     }
 
     /// The config in force now.
@@ -103,6 +116,7 @@ impl Cluster {
             }),
             stats: Arc::new(Stats::new()),
             reloads: watch::Sender::new(0),
+            config_error: ArcSwapOption::empty(),
         }
     }
 }

@@ -124,7 +124,8 @@ impl Router {
         ctx.local = Some(route);
         let written = match route {
             LocalRoute::Health => {
-                let (status, body) = api::health(&snapshot);
+                let error = self.cluster.config_error();
+                let (status, body) = api::health(&snapshot, error.as_deref().map(String::as_str));
                 respond::json(session, ctx, status, &body).await
             }
             LocalRoute::LoadStats => {

@@ -270,7 +270,7 @@ mod tests {
         );
         let conf = server_conf(None).unwrap();
         assert!(conf.threads >= 1, "threads: 0 became one per core");
-        assert_eq!(conf.grace_period_seconds, Some(60));
+        assert_eq!(conf.grace_period_seconds, Some(30));
         assert_eq!(conf.upstream_keepalive_pool_size, 512);
     }
 }

@@ -7,7 +7,8 @@
 //! and is reported loudly, with the file, line and key. Every `config_reload_interval` the file
 //! is also compared with what was last loaded, for file systems that deliver no events (some
 //! network and container mounts) and for when file events cannot be had at all: then the
-//! watcher says so and polls.
+//! watcher says so and polls. SIGHUP makes it read the file at once, too. Until a valid edit
+//! arrives, the last refused one's error is shown in `/health` (`config_error`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,19 +97,44 @@ fn reload(path: &Path, cluster: &Cluster, last: &mut String) {
             match cluster.apply(config) {
                 Ok(summary) => {
                     cluster.stats().config_reloaded(true);
+                    cluster.set_config_error(None);
                     tracing::info!(file = %path.display(), %summary, "config reloaded");
                 }
                 Err(why) => {
                     cluster.stats().config_reloaded(false);
+                    cluster.set_config_error(Some(format!("{}: {why}", path.display())));
                     tracing::error!(file = %path.display(), %why, "config NOT reloaded, the running config stays in force");
                 }
             }
         }
         Err(error) => {
             cluster.stats().config_reloaded(false);
+            cluster.set_config_error(Some(error.to_string()));
             tracing::error!("config NOT reloaded, the running config stays in force: {error}");
         }
     }
+}
+
+/// SIGHUP, the Unix way to ask a daemon to read its config again (`systemctl reload` may send
+/// it). `None` where it cannot be had.
+fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signals) => Some(signals),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the config file is still watched");
+            None
+        }
+    }
+}
+
+/// The next SIGHUP, or never.
+async fn next_hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(signals) = signals {
+        if signals.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// A timer that first fires one `period` from now.
@@ -137,10 +163,14 @@ impl BackgroundService for ConfigWatcher {
             }
         };
         let mut fallback = fallback_timer(period);
+        let mut hangups = hangup_signals();
         let mut last = self.loaded_text.clone();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = next_hangup(&mut hangups) => {
+                    tracing::info!(file = %self.path.display(), "SIGHUP: reading the config file again");
+                }
                 event = rx.recv(), if events.is_some() => {
                     if event.is_none() {
                         tracing::warn!("config file events stopped; checking the file every config_reload_interval instead");

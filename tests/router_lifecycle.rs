@@ -298,3 +298,58 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+#[tokio::test]
+async fn a_refused_edit_is_shown_in_health_until_a_valid_one_arrives() {
+    let sim = Sim::start(&["--itl-ms", "1"]).await;
+    let router = RouterProcess::start(&[(&sim.url, 4)], "").await;
+    save_like_an_editor(
+        router.config_path(),
+        &servers_file(&[(&sim.url, 4)], "max_retries = -1\n"),
+    );
+    let health = wait_for(
+        "the refused edit in /health",
+        |h| h["config_error"].is_string(),
+        router.at("/health"),
+    )
+    .await;
+    let error = health["config_error"].as_str().unwrap();
+    assert!(
+        error.contains("line 6, key config.max_retries: must be a whole number from 0 to 100"),
+        "{error}"
+    );
+    assert_eq!(health["healthy_servers"], 1, "the running config stays");
+    save_like_an_editor(
+        router.config_path(),
+        &servers_file(&[(&sim.url, 4)], "max_retries = 1\n"),
+    );
+    wait_for(
+        "the error cleared by a valid edit",
+        |h| h["config_error"].is_null(),
+        router.at("/health"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_reads_the_config_again() {
+    let a = Sim::start(&["--itl-ms", "1"]).await;
+    let b = Sim::start(&["--itl-ms", "1"]).await;
+    // An hourly check, and an edit the file watch cannot see: made through a hard link in
+    // another directory (inotify reports changes under the path that was written).
+    let lines = "config_reload_interval = 3600\n";
+    let router = RouterProcess::start(&[(&a.url, 4)], lines).await;
+    let elsewhere = std::env::temp_dir().join(format!("mvllm-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let link = elsewhere.join("servers.toml");
+    std::fs::hard_link(router.config_path(), &link).unwrap();
+    std::fs::write(&link, servers_file(&[(&a.url, 4), (&b.url, 4)], lines)).unwrap();
+    signal(router.pid(), "HUP");
+    wait_for(
+        "the edit read on SIGHUP",
+        |h| h["total_servers"] == 2 && h["healthy_servers"] == 2,
+        router.at("/health"),
+    )
+    .await;
+    std::fs::remove_dir_all(&elsewhere).ok();
+}
