@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::backend::{Backend, ServerState};
 use crate::config::{Config, Routing, Settings};
 use crate::policy::{self, Policy};
+use crate::retry::RetryBudget;
 use crate::stats::Stats;
 
 /// The config in force.
@@ -35,6 +36,8 @@ pub struct Cluster {
     reloads: watch::Sender<u64>,
     /// Why the last edit of the config file was refused, until a valid one arrives.
     config_error: ArcSwapOption<String>,
+    /// Retries of the last seconds, router-wide (it outlives reloads).
+    retry_budget: RetryBudget,
 }
 
 impl Cluster {
@@ -45,7 +48,12 @@ impl Cluster {
             stats,
             reloads: watch::Sender::new(0),
             config_error: ArcSwapOption::empty(),
+            retry_budget: RetryBudget::default(),
         })
+    }
+
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.retry_budget
     }
 
     /// Why the last edit of the config file was refused, if the running config is older than
@@ -117,6 +125,7 @@ impl Cluster {
             stats: Arc::new(Stats::new()),
             reloads: watch::Sender::new(0),
             config_error: ArcSwapOption::empty(),
+            retry_budget: RetryBudget::default(),
         }
     }
 }

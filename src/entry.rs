@@ -117,7 +117,8 @@ impl Router {
             _ if admin => LocalRoute::NotFound,
             (&Method::GET, "/v1/models") => LocalRoute::Models,
             (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => {
-                return forward::forward(session, ctx, &snapshot, &self.connector).await;
+                return forward::forward(session, ctx, &self.cluster, &snapshot, &self.connector)
+                    .await;
             }
             _ => LocalRoute::NotFound,
         };

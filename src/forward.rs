@@ -15,7 +15,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::Session;
 
 use crate::backend::Backend;
-use crate::cluster::Snapshot;
+use crate::cluster::{Cluster, Snapshot};
 use crate::context::{Outcome, RequestContext};
 use crate::features::{self, BodyError};
 use crate::headers;
@@ -53,6 +53,7 @@ impl Failure {
 pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestContext,
+    cluster: &Cluster,
     snapshot: &Snapshot,
     connector: &Connector,
 ) {
@@ -73,6 +74,8 @@ pub async fn forward(
         Err(error) => return reject(session, ctx, &error).await,
     };
 
+    let budget = cluster.retry_budget();
+    budget.request();
     let mut last_failure = None;
     loop {
         let chosen = {
@@ -91,6 +94,18 @@ pub async fn forward(
             Err(_) => break,
         };
         ctx.model_listed = true;
+        if !ctx.attempts.is_empty() {
+            // A retry: only if the router-wide budget has one to spare, and after a short
+            // random wait (not past the deadline).
+            if !budget.try_retry(settings.retry_budget_percent, settings.retry_budget_floor) {
+                cluster.stats().retry_denied();
+                tracing::warn!(request_id = %ctx.id, "retry budget spent: the failure goes to the client");
+                break;
+            }
+            let retry = ctx.attempts.len() as u32;
+            let wait = retry::backoff(retry, settings.retry_backoff, fastrand::f64());
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
+        }
         match attempt(session, ctx, snapshot, connector, backend, deadline).await {
             Step::Finished => return,
             Step::Failed(failure) => last_failure = Some(failure),
@@ -181,7 +196,7 @@ async fn attempt(
                 backend.state.record_failure(why.clone(), settings);
             }
             let next = if decision == Decision::Retry {
-                "trying another server"
+                "another server may take it"
             } else {
                 "no attempt or time left"
             };

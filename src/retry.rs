@@ -1,4 +1,5 @@
-//! What happens when an attempt fails: the pure decision, with no I/O.
+//! What happens when an attempt fails: the pure decision, with no I/O, and the router-wide
+//! limits on retrying (the retry budget, the backoff between attempts).
 //!
 //! The forwarding loop (forward.rs) describes what happened — how the attempt ended, whether
 //! the client already has bytes of an answer, how many attempts and how much time are left —
@@ -7,8 +8,12 @@
 //!
 //! The rules: a server's answer other than 5xx or 429 is the answer (a 4xx is the client's
 //! problem and goes to the client unchanged). A failure before the client got a byte is retried
-//! on a server not yet tried while attempts and time remain. Once the client has a byte there
-//! is no retry: the answer cannot be taken back.
+//! on a server not yet tried while attempts and time remain, and the router-wide budget has a
+//! retry to spare, after a short jittered wait. Once the client has a byte there is no retry:
+//! the answer cannot be taken back.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// How one attempt on one server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +123,160 @@ pub fn counts_against_server(result: AttemptResult, reused_connection: bool) -> 
     }
 }
 
+/// Whether a retry fits the budget: retries in the window may be `percent` % of the requests
+/// in it, plus `floor` (so that a quiet router can always retry). Envoy's idea: a brownout of
+/// the whole cluster must not be multiplied by `max_retries`.
+pub fn within_budget(requests: u64, retries: u64, percent: u32, floor: u32) -> bool {
+    retries < u64::from(floor) + requests * u64::from(percent) / 100
+}
+
+/// Seconds in the budget's window.
+const WINDOW: usize = 10;
+
+/// The router-wide retry budget: requests and retries of the last ten seconds, in one-second
+/// buckets of atomics (no lock). A bucket is reset when a new second reuses it; a request
+/// counted during that reset may be lost, which only loosens the budget by one.
+pub struct RetryBudget {
+    buckets: [Bucket; WINDOW],
+    started: std::time::Instant,
+}
+
+#[derive(Default)]
+struct Bucket {
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            buckets: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl RetryBudget {
+    fn now(&self) -> u64 {
+        // Seconds since start, from 1 (0 marks a bucket never used).
+        self.started.elapsed().as_secs() + 1
+    }
+
+    fn bucket(&self, second: u64) -> &Bucket {
+        let bucket = &self.buckets[(second % WINDOW as u64) as usize];
+        let was = bucket.second.load(Relaxed);
+        if was != second
+            && bucket
+                .second
+                .compare_exchange(was, second, Relaxed, Relaxed)
+                .is_ok()
+        {
+            bucket.requests.store(0, Relaxed);
+            bucket.retries.store(0, Relaxed);
+        }
+        bucket
+    }
+
+    /// Counts a request that may need retries.
+    pub fn request(&self) {
+        self.request_at(self.now());
+    }
+
+    /// Takes one retry from the budget, if it has one.
+    pub fn try_retry(&self, percent: u32, floor: u32) -> bool {
+        self.try_retry_at(self.now(), percent, floor)
+    }
+
+    fn request_at(&self, second: u64) {
+        self.bucket(second).requests.fetch_add(1, Relaxed);
+    }
+
+    fn try_retry_at(&self, second: u64, percent: u32, floor: u32) -> bool {
+        let current = self.bucket(second);
+        let (mut requests, mut retries) = (0, 0);
+        for bucket in &self.buckets {
+            if second.saturating_sub(bucket.second.load(Relaxed)) < WINDOW as u64 {
+                requests += bucket.requests.load(Relaxed);
+                retries += bucket.retries.load(Relaxed);
+            }
+        }
+        let allowed = within_budget(requests, retries, percent, floor);
+        if allowed {
+            current.retries.fetch_add(1, Relaxed);
+        }
+        allowed
+    }
+}
+
+/// How long to wait before retry number `retry` (1 for the first): "full jitter", a random
+/// time up to `base` × 2^(retry − 1), at most 10 × `base`. Spreads the retries of a burst that
+/// failed together, instead of sending them all at the next server at once.
+pub fn backoff(retry: u32, base: Duration, random: f64) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(base.saturating_mul(10));
+    ceiling.mul_f64(random.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::AttemptResult::*;
     use super::Decision::*;
     use super::*;
+
+    #[test]
+    fn the_budget_table() {
+        // (requests, retries, percent, floor) -> allowed
+        let table = [
+            (0, 0, 20, 10, true),
+            (0, 9, 20, 10, true),
+            (0, 10, 20, 10, false),
+            (100, 29, 20, 10, true),
+            (100, 30, 20, 10, false),
+            (1000, 209, 20, 10, true),
+            (1000, 210, 20, 10, false),
+            (1000, 0, 0, 0, false),
+            (1000, 999, 100, 0, true),
+        ];
+        for (requests, retries, percent, floor, expected) in table {
+            assert_eq!(
+                within_budget(requests, retries, percent, floor),
+                expected,
+                "{requests} requests, {retries} retries, {percent}% + {floor}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_budget_is_a_sliding_window() {
+        let budget = RetryBudget::default();
+        for _ in 0..100 {
+            budget.request_at(5);
+        }
+        let granted = (0..100).filter(|_| budget.try_retry_at(5, 20, 10)).count();
+        assert_eq!(granted, 30, "20 % of 100, plus 10");
+        assert!(
+            !budget.try_retry_at(14, 20, 10),
+            "still in the window 9 s later"
+        );
+        assert!(budget.try_retry_at(15, 20, 10), "10 s later it has passed");
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let base = Duration::from_millis(25);
+        assert_eq!(backoff(1, base, 1.0), base);
+        assert_eq!(backoff(2, base, 1.0), base * 2);
+        assert_eq!(backoff(3, base, 0.5), base * 2);
+        assert_eq!(backoff(10, base, 1.0), base * 10, "capped");
+        assert_eq!(backoff(1, base, 0.0), Duration::ZERO);
+        assert_eq!(
+            backoff(3, Duration::ZERO, 1.0),
+            Duration::ZERO,
+            "0 turns it off"
+        );
+    }
 
     #[test]
     fn decision_table() {

@@ -158,8 +158,11 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let access_log =
-        (console && !args.no_access_log).then(|| AccessLog::new(logs.format, logs.writer.clone()));
+    // The access log follows RUST_LOG like every log: it is the `access` target at info level
+    // (RUST_LOG=warn silences it; RUST_LOG=warn,access=info keeps only it).
+    let access_wanted = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let access_log = (console && !args.no_access_log && access_wanted)
+        .then(|| AccessLog::new(logs.format, logs.writer.clone()));
     let recorder = Arc::new(Recorder::new(Arc::clone(&cluster), access_log));
     let admin = cluster.snapshot().settings.admin_address;
     let router = Router::new(

@@ -90,6 +90,8 @@ pub struct Stats {
     /// Config reloads applied, and refused.
     reloads_ok: IntCounter,
     reloads_failed: IntCounter,
+    /// Retries not made because the retry budget was spent.
+    retries_denied: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -176,6 +178,13 @@ impl Stats {
             .map(|route| local_vec.with_label_values(&[route.as_str()]))
             .collect();
         let unrouted = ServerStats::new("none", families.clone());
+        let retries_denied = counter(
+            &r,
+            "mvllm_retries_denied_total",
+            "Retries not made because the retry budget was spent (the failure went to the client).",
+            &[],
+        )
+        .with_label_values::<&str>(&[]);
         Stats {
             registry: r,
             families,
@@ -183,12 +192,18 @@ impl Stats {
             local,
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_failed: reloads.with_label_values(&["failed"]),
+            retries_denied,
         }
     }
 
     /// The handles for one server, made once and kept in its state.
     pub fn server(&self, url: &str) -> ServerStats {
         ServerStats::new(url, self.families.clone())
+    }
+
+    /// Records a retry the budget refused.
+    pub fn retry_denied(&self) {
+        self.retries_denied.inc();
     }
 
     /// Records a change to servers.toml: applied or refused.

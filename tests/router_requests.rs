@@ -580,3 +580,51 @@ async fn a_stream_the_server_breaks_off_ends_with_an_error_event() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn when_every_server_fails_the_retry_budget_bounds_the_retries() {
+    let flags = [
+        "--itl-ms",
+        "1",
+        "--fault-error-rate",
+        "1",
+        "--fault-error-status",
+        "500",
+    ];
+    let (a, b, c) = (
+        Sim::start(&flags).await,
+        Sim::start(&flags).await,
+        Sim::start(&flags).await,
+    );
+    let lines = "failure_threshold = 100\nmax_retries = 3\nretry_budget_percent = 20\n\
+                 retry_budget_floor = 5\nretry_backoff = 0\n";
+    let router = RouterProcess::start(&[(&a.url, 4), (&b.url, 4), (&c.url, 4)], lines).await;
+    let sent = 60;
+    for _ in 0..sent / 6 {
+        let batch: Vec<_> = (0..6)
+            .map(|_| {
+                let url = router.at("/v1/chat/completions");
+                tokio::spawn(async move { send_json(url, &chat("hi", 2)).await })
+            })
+            .collect();
+        for r in batch {
+            assert_eq!(r.await.unwrap().status(), 500, "the servers' own answer");
+        }
+    }
+    let text = metrics_when(&router, |t| {
+        series(t, "mvllm_requests_total", &[]) == f64::from(sent)
+    })
+    .await;
+    let attempts = series(&text, "mvllm_attempts_total", &[]);
+    let denied = series(&text, "mvllm_retries_denied_total", &[]);
+    println!("{sent} requests, {attempts} attempts, {denied} retries refused by the budget");
+    // Without a budget each request would try all three servers: 180 attempts. With it:
+    // 20 % of the requests plus 5 (and a few more where concurrent requests both took the
+    // last retry), well under twice the client's rate.
+    assert!(
+        attempts <= f64::from(sent) * 1.2 + 5.0 + 6.0,
+        "{attempts} attempts for {sent} requests"
+    );
+    assert!(attempts < f64::from(sent) * 2.0);
+    assert!(denied > 0.0);
+}

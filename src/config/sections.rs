@@ -39,6 +39,16 @@ section! {
         first_byte_timeout: Duration = Seconds { default: 120.0, min: 0.01 },
         /// Further servers tried when one fails before the client got a byte.
         max_retries: u32 = Whole { default: 3, min: 0, max: 100 },
+        /// The retry budget: retries over the last 10 s may be this percentage of the requests
+        /// in them (plus `retry_budget_floor`), so a failing cluster is not sent every request
+        /// `max_retries` more times.
+        retry_budget_percent: u32 = Whole { default: 20, min: 0, max: 100 },
+        /// Retries over the last 10 s always allowed, whatever the traffic (a quiet router can
+        /// always retry).
+        retry_budget_floor: u32 = Whole { default: 10, min: 0, max: 1_000_000 },
+        /// Wait before a retry: a random time up to this, doubled at each further retry (at
+        /// most ten times it); 0 retries at once.
+        retry_backoff: Duration = Seconds { default: 0.025, min: 0.0 },
         /// Largest request body accepted, in bytes (413 above it).
         max_body_bytes: u64 = Whole { default: 64 * 1024 * 1024, min: 1024, max: 1u64 << 40 },
         /// How often server host names are resolved again.
