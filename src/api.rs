@@ -37,6 +37,7 @@ pub fn health(snapshot: &Snapshot, config_error: Option<&str>) -> (u16, Value) {
                 "status": if v.healthy { "healthy" } else { "unhealthy" },
                 "last_check": v.last_check_ms.map(rfc3339),
                 "consecutive_failures": v.consecutive_failures,
+                "ejected": v.ejected_for.is_some(),
                 "last_error": v.last_error,
                 "models": v.models,
             })
@@ -86,6 +87,8 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
                 "attempts_total": v.totals.attempts,
                 "retries_total": v.totals.retries,
                 "errors_total": v.totals.errors,
+                "ejected_for_seconds": v.ejected_for.map(|d| round2(d.as_secs_f64())),
+                "ejections_total": v.ejections,
                 "ttft_p50_seconds": v.totals.ttft_p50,
                 "detailed_metrics": {
                     "num_requests_running": v.running,

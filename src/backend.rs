@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::{ServerConfig, Settings};
+use crate::ejection::Ejection;
 use crate::headers::ServerHeaders;
 use crate::scrape::{LoadSample, ModelCard};
 use crate::stats::{ServerStats, ServerTotals};
@@ -89,6 +90,8 @@ pub struct ServerState {
     epoch: AtomicU64,
     /// Its handles into the stats hub.
     pub stats: ServerStats,
+    /// Whether real traffic has taken it out for a while (ejection.rs).
+    pub ejection: Ejection,
 }
 
 impl ServerState {
@@ -110,6 +113,7 @@ impl ServerState {
             unscraped: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
             stats,
+            ejection: Ejection::default(),
         }
     }
 
@@ -190,6 +194,22 @@ impl ServerState {
     /// A real request to the server got a good answer: the failure streak ends.
     pub fn record_success(&self) {
         self.consecutive_failures.store(0, Relaxed);
+        self.ejection.succeeded();
+    }
+
+    /// A real request failed in a way that counts against the server: health and ejection.
+    pub fn request_failed(&self, why: String, settings: &Settings) {
+        let ejected = self.ejection.failed(
+            crate::ejection::now_ms(),
+            settings.ejection_threshold,
+            settings.ejection_time,
+            settings.ejection_max_time,
+        );
+        if let Some(time) = ejected {
+            self.stats.ejected();
+            tracing::warn!(server = %self.url, reason = %why, ?time, "server ejected: it keeps failing requests");
+        }
+        self.record_failure(why, settings);
     }
 
     pub fn set_models(&self, models: Vec<ModelCard>) {
@@ -271,6 +291,10 @@ pub struct ServerView {
     pub consecutive_failures: u32,
     pub models: Vec<String>,
     pub totals: ServerTotals,
+    /// How long it stays ejected, if it is (ejection.rs).
+    pub ejected_for: Option<Duration>,
+    /// Ejections so far.
+    pub ejections: u64,
 }
 
 impl ServerView {
@@ -295,6 +319,8 @@ impl ServerView {
             consecutive_failures: state.consecutive_failures(),
             models: state.models.load().iter().map(|m| m.id.clone()).collect(),
             totals: state.stats.totals(),
+            ejected_for: state.ejection.remaining(crate::ejection::now_ms()),
+            ejections: state.ejection.total(),
         }
     }
 }

@@ -193,7 +193,7 @@ async fn attempt(
             };
             let why = failure.why();
             if retry::counts_against_server(result, reused) {
-                backend.state.record_failure(why.clone(), settings);
+                backend.state.request_failed(why.clone(), settings);
             }
             let next = if decision == Decision::Retry {
                 "another server may take it"
@@ -239,7 +239,7 @@ fn finish_delivery(
         AttemptResult::BrokeOff => {
             let why = why.clone().unwrap_or_default();
             tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, %why, "server broke off mid-response");
-            backend.state.record_failure(why, &snapshot.settings);
+            backend.state.request_failed(why, &snapshot.settings);
         }
         AttemptResult::DeadlineMidBody => {
             tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, timeout = ?snapshot.settings.request_timeout, "request_timeout reached mid-response; the client's connection is closed");

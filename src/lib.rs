@@ -24,6 +24,7 @@
 //! - `cluster`: the config in force as one snapshot; **how a reload works**.
 //! - `backend`: one server's entry and its live state (health, load, in-flight, stats), keyed
 //!   by URL so that it survives reloads.
+//! - `ejection`: servers that keep failing real requests are taken out for growing times.
 //! - `poller`: each server's own schedule of `/metrics`, `/v1/models` and DNS refreshes.
 //! - `scrape`: reading a server's `/metrics` (load) and `/v1/models`.
 //! - `watcher`: reloads servers.toml when it changes.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod demo;
+pub mod ejection;
 pub mod entry;
 pub mod features;
 pub mod forward;

@@ -59,6 +59,7 @@ struct Families {
     completion_tokens: IntCounterVec,
     scrape_duration: HistogramVec,
     scrape_failures: IntCounterVec,
+    ejections: IntCounterVec,
 }
 
 /// What the poller reads of a server.
@@ -151,6 +152,7 @@ impl Stats {
             completion_tokens: counter(&r, "mvllm_completion_tokens_total", "Completion tokens, as the answers reported them.", sm),
             scrape_duration: histogram(&r, "mvllm_scrape_duration_seconds", "How long reading a server's /metrics or /v1/models took (failures included).", &["server", "endpoint"],
                 &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            ejections: counter(&r, "mvllm_ejections_total", "Times a server was ejected for failing real requests in a row.", &["server"]),
             scrape_failures: counter(&r, "mvllm_scrape_failures_total", "Failed reads of a server's /metrics or /v1/models (refused, timed out, an error status, or not understood).", &["server", "endpoint"]),
         };
         let reloads = counter(
@@ -370,6 +372,14 @@ impl ServerStats {
         })
     }
 
+    /// Records an ejection of the server (ejection.rs).
+    pub fn ejected(&self) {
+        self.families
+            .ejections
+            .with_label_values(&[&*self.server])
+            .inc();
+    }
+
     /// Records one read of the server's `/metrics` or `/v1/models` by the poller.
     pub fn scraped(&self, what: Scrape, took: Duration, ok: bool) {
         let (duration, failures) = self.scrapes[what as usize].get_or_init(|| {
@@ -504,6 +514,10 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         "mvllm_server_capacity",
         "The server's max_concurrent_requests.",
     );
+    let ejected = gauge(
+        "mvllm_server_ejected",
+        "1 while the server is ejected for failing real requests, else 0.",
+    );
     for v in views {
         let label = [v.url.as_str()];
         healthy
@@ -521,6 +535,9 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         capacity
             .with_label_values(&label)
             .set(f64::from(v.capacity));
+        ejected
+            .with_label_values(&label)
+            .set(f64::from(u8::from(v.ejected_for.is_some())));
     }
     let active_gauge = prometheus::Gauge::new(
         "mvllm_requests_active",
@@ -537,6 +554,7 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         kv,
         utilization,
         capacity,
+        ejected,
     ] {
         families.extend(vec.collect());
     }

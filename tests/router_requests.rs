@@ -628,3 +628,54 @@ async fn when_every_server_fails_the_retry_budget_bounds_the_retries() {
     assert!(attempts < f64::from(sent) * 2.0);
     assert!(denied > 0.0);
 }
+
+#[tokio::test]
+async fn a_server_that_keeps_failing_is_ejected_but_never_the_last_one() {
+    let good = Sim::start(&["--itl-ms", "1"]).await;
+    let broken = Sim::start(&["--itl-ms", "1", "--fault-error-rate", "1"]).await;
+    // Health alone would keep the broken server in: its /metrics answer.
+    let lines = "failure_threshold = 100\nejection_threshold = 2\nejection_time = 2\n\
+                 retry_backoff = 0\n";
+    let router = RouterProcess::start(&[(&good.url, 4), (&broken.url, 4)], lines).await;
+    for _ in 0..30 {
+        let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 1)).await;
+        assert_eq!(r.status(), 200);
+    }
+    let text = metrics(&router).await;
+    let on_broken = series(&text, "mvllm_attempts_total", &[("server", &broken.url)]);
+    println!("30 requests: {on_broken} attempts on the broken server");
+    // Without ejection about half the requests would try it first (ties are random).
+    assert!(
+        on_broken <= 3.0,
+        "{on_broken} attempts on the ejected server"
+    );
+    assert_eq!(
+        series(&text, "mvllm_ejections_total", &[("server", &broken.url)]),
+        1.0
+    );
+    assert_eq!(
+        series(&text, "mvllm_server_ejected", &[("server", &broken.url)]),
+        1.0
+    );
+    let stats = get_json(router.at("/load-stats")).await;
+    assert!(stats["servers"][1]["ejected_for_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(stats["servers"][1]["ejections_total"], 1);
+    let health = get_json(router.at("/health")).await;
+    assert_eq!(health["servers"][1]["ejected"], true);
+    assert_eq!(
+        health["servers"][1]["healthy"], true,
+        "ejected, not unhealthy"
+    );
+
+    // The only server for the model, ejected: still tried, its own answer passed on.
+    let lines = "failure_threshold = 100\nejection_threshold = 1\nejection_time = 60\n";
+    let alone = RouterProcess::start(&[(&broken.url, 4)], lines).await;
+    for _ in 0..3 {
+        let r = send_json(alone.at("/v1/chat/completions"), &chat("hi", 1)).await;
+        assert_eq!(
+            r.status(),
+            500,
+            "the server's answer, not a 503 for nothing"
+        );
+    }
+}

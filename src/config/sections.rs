@@ -39,6 +39,13 @@ section! {
         first_byte_timeout: Duration = Seconds { default: 120.0, min: 0.01 },
         /// Further servers tried when one fails before the client got a byte.
         max_retries: u32 = Whole { default: 3, min: 0, max: 100 },
+        /// Failures of real requests in a row (connect errors, resets, first-byte timeouts,
+        /// 5xx, answers broken off) that eject a server for a while; 0 turns ejection off.
+        ejection_threshold: u32 = Whole { default: 3, min: 0, max: 100 },
+        /// How long a first ejection lasts; each further one in a row lasts twice as long.
+        ejection_time: Duration = Seconds { default: 1.0, min: 0.01 },
+        /// The longest ejection.
+        ejection_max_time: Duration = Seconds { default: 30.0, min: 0.01 },
         /// The retry budget: retries over the last 10 s may be this percentage of the requests
         /// in them (plus `retry_budget_floor`), so a failing cluster is not sent every request
         /// `max_retries` more times.

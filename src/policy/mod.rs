@@ -1,7 +1,7 @@
 //! How a server is chosen for a request.
 //!
 //! [`eligible`] decides which servers may take the request at all: healthy, serving the
-//! requested model, not already tried for it. Every policy starts from that list and picks
+//! requested model, not already tried for it, and not ejected (unless all of those are). Every policy starts from that list and picks
 //! one; a policy sees the request's [`RequestFeatures`] (model, stream, prompt, session key,
 //! client), so a new input does not change every signature. Policies are one file each; the
 //! one in force is named by `[routing] policy` in servers.toml and built by [`build`], and a
@@ -61,6 +61,19 @@ pub fn eligible<'a>(
             b.state.is_healthy() && model.is_none_or(|m| b.state.serves(m)) && !tried(b)
         }),
     );
+    let now = crate::ejection::now_ms();
+    if eligible.iter().any(|b| b.state.ejection.is_ejected(now)) {
+        // Ejected servers sit out, unless no other can take the request: then the one that
+        // comes back soonest is tried rather than nobody (a 503 for nothing).
+        let soonest = eligible
+            .iter()
+            .copied()
+            .min_by_key(|b| b.state.ejection.remaining(now));
+        eligible.retain(|b| !b.state.ejection.is_ejected(now));
+        if eligible.is_empty() {
+            eligible.extend(soonest);
+        }
+    }
     if !eligible.is_empty() {
         return Ok(eligible);
     }
@@ -153,5 +166,25 @@ mod tests {
             Some(NoBackend::Unavailable)
         );
         assert_eq!(only(None).len(), 1);
+    }
+
+    #[test]
+    fn ejected_servers_sit_out_unless_none_other_can_serve() {
+        let a = healthy("http://a", 4, &["m"], 0.0);
+        let b = healthy("http://b", 4, &["m"], 0.0);
+        // Health would take it out after 2 failures; keep it healthy to see ejection alone.
+        let settings = crate::config::Settings {
+            failure_threshold: 100,
+            ..Default::default()
+        };
+        for _ in 0..settings.ejection_threshold {
+            a.state.request_failed("HTTP 500".into(), &settings);
+        }
+        let all = vec![a, b];
+        let picked = eligible(&all, Some("m"), |_| false).unwrap();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].cfg.url, "http://b", "a is ejected");
+        let b_tried = eligible(&all, Some("m"), |b: &Backend| b.cfg.url == "http://b").unwrap();
+        assert_eq!(b_tried[0].cfg.url, "http://a", "the least bad beats a 503");
     }
 }

@@ -1,6 +1,6 @@
 """deploy/grafana/mvllm.json and deploy/prometheus.yml: valid, and every metric the dashboard
 queries exists in a live router's /metrics (after the traffic that makes each series appear:
-answers, a retry after a server's 500, a config reload)."""
+answers, a retry after a server's 500 and its ejection, a config reload)."""
 
 import json
 import os
@@ -54,19 +54,22 @@ def test_every_queried_metric_exists_in_a_live_router():
                       "--served-model-name", "llama", "--fault-error-rate", "1"])
     fd, path = tempfile.mkstemp(suffix=".toml")
     config = (f'[servers]\nservers = [{{ url = "{good.url}" }}, {{ url = "{broken.url}" }}]\n'
-              "[config]\nmetrics_interval = 0.2\nconfig_reload_interval = 0.2\nfailure_threshold = 100\n")
+              "[config]\nmetrics_interval = 0.2\nconfig_reload_interval = 0.2\nfailure_threshold = 100\n"
+              # the first failure ejects the broken server, so the ejection series exist
+              "ejection_threshold = 1\n")
     with os.fdopen(fd, "w") as f:
         f.write(config)
     router = Process(["run", "--console", "--host", "127.0.0.1", "--port", "0", "--config", path],
                      ready=lambda body: json.loads(body).get("healthy_servers") == 2)
     try:
         client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
-        for _ in range(6):  # some land on the broken server first and are retried
-            client.chat.completions.create(model="llama", max_tokens=2,
-                                           messages=[{"role": "user", "content": "Hi"}])
         pathlib.Path(path).write_text(config + "max_retries = 2\n")
         deadline = time.monotonic() + 10
-        while True:
+        for _ in range(200):
+            # Until one lands on the broken server first (ties are broken at random), is
+            # retried and ejects it.
+            client.chat.completions.create(model="llama", max_tokens=2,
+                                           messages=[{"role": "user", "content": "Hi"}])
             with urllib.request.urlopen(router.url + "/metrics", timeout=5) as r:
                 text = r.read().decode()
             present = {f.name for f in text_string_to_metric_families(text)}
