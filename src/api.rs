@@ -89,6 +89,7 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
                 "errors_total": v.totals.errors,
                 "ejected_for_seconds": v.ejected_for.map(|d| round2(d.as_secs_f64())),
                 "ejections_total": v.ejections,
+                "load_gap": round2(v.load_gap),
                 "ttft_p50_seconds": v.totals.ttft_p50,
                 "detailed_metrics": {
                     "num_requests_running": v.running,

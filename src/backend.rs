@@ -21,6 +21,9 @@ use crate::headers::ServerHeaders;
 use crate::scrape::{LoadSample, ModelCard};
 use crate::stats::{ServerStats, ServerTotals};
 
+/// How much of a new scrape's gap enters the smoothed one: about the last five scrapes count.
+const GAP_SMOOTHING: f64 = 0.2;
+
 /// A server as the running config lists it.
 pub struct Backend {
     pub cfg: ServerConfig,
@@ -88,6 +91,11 @@ pub struct ServerState {
     /// Incremented at every scrape; an in-flight request started in an older epoch is already
     /// part of the scraped numbers.
     epoch: AtomicU64,
+    /// What the server reports (running + waiting) minus what this router has in flight to
+    /// it, smoothed over scrapes (f64 bits): persistently above 0, others use the server too
+    /// (other clients, other router replicas); persistently below 0, the router counts
+    /// requests the server does not have (a leak, or a server that lost them).
+    load_gap: AtomicU64,
     /// Its handles into the stats hub.
     pub stats: ServerStats,
     /// Whether real traffic has taken it out for a while (ejection.rs).
@@ -112,6 +120,7 @@ impl ServerState {
             in_flight: AtomicU32::new(0),
             unscraped: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
+            load_gap: AtomicU64::new(0f64.to_bits()),
             stats,
             ejection: Ejection::default(),
         }
@@ -127,6 +136,11 @@ impl ServerState {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
+    }
+
+    /// The smoothed gap between the server's own count and the router's (see the field).
+    pub fn load_gap(&self) -> f64 {
+        f64::from_bits(self.load_gap.load(Relaxed))
     }
 
     /// Unix time in milliseconds of the last scrape, if any.
@@ -155,6 +169,12 @@ impl ServerState {
     pub fn scrape_succeeded(&self, load: LoadSample, settings: &Settings) {
         // Requests in flight now are in the scraped numbers; only later ones are not.
         self.epoch.fetch_add(1, Relaxed);
+        let gap = load.running + load.waiting - f64::from(self.in_flight());
+        let smoothed = f64::from_bits(self.load_gap.load(Relaxed));
+        self.load_gap.store(
+            (smoothed + GAP_SMOOTHING * (gap - smoothed)).to_bits(),
+            Relaxed,
+        );
         self.unscraped.store(0, Relaxed);
         self.load.store(Some(Arc::new(load)));
         self.touch();
@@ -295,6 +315,8 @@ pub struct ServerView {
     pub ejected_for: Option<Duration>,
     /// Ejections so far.
     pub ejections: u64,
+    /// The server's own count minus the router's in-flight, smoothed (`ServerState::load_gap`).
+    pub load_gap: f64,
 }
 
 impl ServerView {
@@ -321,6 +343,7 @@ impl ServerView {
             totals: state.stats.totals(),
             ejected_for: state.ejection.remaining(crate::ejection::now_ms()),
             ejections: state.ejection.total(),
+            load_gap: state.load_gap(),
         }
     }
 }
@@ -442,5 +465,30 @@ pub(crate) mod tests {
         assert_eq!(b.state.in_flight(), 0);
         drop(second);
         assert_eq!(b.state.in_flight(), 0, "ending twice counts once");
+    }
+
+    #[test]
+    fn the_load_gap_follows_what_others_put_on_the_server() {
+        let settings = Settings::default();
+        let b = healthy("http://a", 8, &["m"], 0.0);
+        let _mine = b.state.start_request();
+        // The server runs 3: the router's 1 and 2 from someone else, scrape after scrape.
+        for _ in 0..30 {
+            b.state.scrape_succeeded(sample(3.0, 0.0), &settings);
+        }
+        assert!(
+            (b.state.load_gap() - 2.0).abs() < 0.01,
+            "{}",
+            b.state.load_gap()
+        );
+        // The router thinks 1 is in flight, the server has none: a gap below 0.
+        for _ in 0..30 {
+            b.state.scrape_succeeded(sample(0.0, 0.0), &settings);
+        }
+        assert!(
+            (b.state.load_gap() + 1.0).abs() < 0.01,
+            "{}",
+            b.state.load_gap()
+        );
     }
 }

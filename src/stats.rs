@@ -518,6 +518,10 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         "mvllm_server_ejected",
         "1 while the server is ejected for failing real requests, else 0.",
     );
+    let gap = gauge(
+        "mvllm_server_load_gap",
+        "The server's own running + waiting minus the router's in flight to it, smoothed: above 0, others use it too; below 0, the router counts requests the server does not have.",
+    );
     for v in views {
         let label = [v.url.as_str()];
         healthy
@@ -538,6 +542,7 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         ejected
             .with_label_values(&label)
             .set(f64::from(u8::from(v.ejected_for.is_some())));
+        gap.with_label_values(&label).set(v.load_gap);
     }
     let active_gauge = prometheus::Gauge::new(
         "mvllm_requests_active",
@@ -555,6 +560,7 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         utilization,
         capacity,
         ejected,
+        gap,
     ] {
         families.extend(vec.collect());
     }

@@ -353,3 +353,32 @@ async fn sighup_reads_the_config_again() {
     .await;
     std::fs::remove_dir_all(&elsewhere).ok();
 }
+
+#[tokio::test]
+async fn load_stats_shows_what_other_clients_put_on_a_server() {
+    let sim = Sim::start(&["--itl-ms", "20"]).await;
+    let router = RouterProcess::start(&[(&sim.url, 8)], "metrics_interval = 0.1\n").await;
+    // One stream through the router, three straight to the server (another client).
+    let _mine = open_stream(&router).await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000, "stream": true});
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        let r = send_json(sim.at("/v1/chat/completions"), &body).await;
+        let mut stream = Box::pin(r.bytes_stream());
+        stream.next().await.unwrap().unwrap();
+        theirs.push(stream);
+    }
+    let stats = wait_for(
+        "a load gap of about 3",
+        |s| {
+            s["servers"][0]["load_gap"]
+                .as_f64()
+                .is_some_and(|g| g > 2.8)
+        },
+        router.at("/load-stats"),
+    )
+    .await;
+    assert_eq!(stats["servers"][0]["router_in_flight"], 1);
+    assert_eq!(stats["servers"][0]["running"], 4.0);
+    drop(theirs);
+}
