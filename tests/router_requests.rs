@@ -242,15 +242,7 @@ async fn one_access_line_per_request_in_json() {
 #[tokio::test]
 async fn metrics_count_requests_retries_errors_and_tokens() {
     let good = Sim::start(&["--itl-ms", "1"]).await;
-    let broken = Sim::start(&[
-        "--itl-ms",
-        "1",
-        "--fault-error-rate",
-        "1",
-        "--fault-error-status",
-        "500",
-    ])
-    .await;
+    let broken = Sim::failing(500).await;
     let router = RouterProcess::start(
         &[(&good.url, 4), (&broken.url, 4)],
         "failure_threshold = 100\n",
@@ -410,16 +402,8 @@ async fn a_stream_cut_by_request_timeout_is_a_timeout_not_a_success() {
 
 #[tokio::test]
 async fn when_every_server_says_429_its_retry_after_reaches_the_client() {
-    let flags = [
-        "--itl-ms",
-        "1",
-        "--fault-error-rate",
-        "1",
-        "--fault-error-status",
-        "429",
-    ];
-    let a = Sim::start(&flags).await;
-    let b = Sim::start(&flags).await;
+    let a = Sim::failing(429).await;
+    let b = Sim::failing(429).await;
     let router = RouterProcess::start(&[(&a.url, 4), (&b.url, 4)], "").await;
     let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 2)).await;
     assert_eq!(r.status(), 429);
@@ -456,15 +440,7 @@ async fn when_every_server_says_429_its_retry_after_reaches_the_client() {
 #[tokio::test]
 async fn routing_headers_only_when_asked_for() {
     let good = Sim::start(&["--itl-ms", "1"]).await;
-    let broken = Sim::start(&[
-        "--itl-ms",
-        "1",
-        "--fault-error-rate",
-        "1",
-        "--fault-error-status",
-        "503",
-    ])
-    .await;
+    let broken = Sim::failing(503).await;
     let servers = [(good.url.as_str(), 4), (broken.url.as_str(), 4)];
     let quiet = RouterProcess::start(&servers, "failure_threshold = 100\n").await;
     let r = send_json(quiet.at("/v1/chat/completions"), &chat("hi", 2)).await;
@@ -583,18 +559,10 @@ async fn a_stream_the_server_breaks_off_ends_with_an_error_event() {
 
 #[tokio::test]
 async fn when_every_server_fails_the_retry_budget_bounds_the_retries() {
-    let flags = [
-        "--itl-ms",
-        "1",
-        "--fault-error-rate",
-        "1",
-        "--fault-error-status",
-        "500",
-    ];
     let (a, b, c) = (
-        Sim::start(&flags).await,
-        Sim::start(&flags).await,
-        Sim::start(&flags).await,
+        Sim::failing(500).await,
+        Sim::failing(500).await,
+        Sim::failing(500).await,
     );
     let lines = "failure_threshold = 100\nmax_retries = 3\nretry_budget_percent = 20\n\
                  retry_budget_floor = 5\nretry_backoff = 0\n";

@@ -342,6 +342,20 @@ impl Sim {
         sim
     }
 
+    /// A sim that answers every inference request with `status` (`--fault-error-rate 1`).
+    pub async fn failing(status: u16) -> Sim {
+        let status = status.to_string();
+        Sim::start(&[
+            "--itl-ms",
+            "1",
+            "--fault-error-rate",
+            "1",
+            "--fault-error-status",
+            &status,
+        ])
+        .await
+    }
+
     /// Kills the process now (a server dying mid-test).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
