@@ -60,6 +60,7 @@ struct Families {
     scrape_duration: HistogramVec,
     scrape_failures: IntCounterVec,
     ejections: IntCounterVec,
+    upstream_header: HistogramVec,
 }
 
 /// What the poller reads of a server.
@@ -152,6 +153,8 @@ impl Stats {
             completion_tokens: counter(&r, "mvllm_completion_tokens_total", "Completion tokens, as the answers reported them.", sm),
             scrape_duration: histogram(&r, "mvllm_scrape_duration_seconds", "How long reading a server's /metrics or /v1/models took (failures included).", &["server", "endpoint"],
                 &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            upstream_header: histogram(&r, "mvllm_upstream_header_seconds", "Each attempt's wait on the server: from the request written to its response header (queueing and, for a stream, the first token included).", &["server"],
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
             ejections: counter(&r, "mvllm_ejections_total", "Times a server was ejected for failing real requests in a row.", &["server"]),
             scrape_failures: counter(&r, "mvllm_scrape_failures_total", "Failed reads of a server's /metrics or /v1/models (refused, timed out, an error status, or not understood).", &["server", "endpoint"]),
         };
@@ -254,6 +257,11 @@ impl Stats {
             if let Some(result) = attempt.result.filter(|res| res.is_error()) {
                 stats.error(result.as_str()).inc();
             }
+            if let (Some(sent), Some(header)) = (attempt.sent, attempt.header) {
+                stats
+                    .upstream_header()
+                    .observe((header - sent).as_secs_f64());
+            }
         }
     }
 
@@ -285,6 +293,7 @@ pub struct ServerStats {
     attempts: OnceLock<IntCounter>,
     retries: OnceLock<IntCounter>,
     router_added: OnceLock<Histogram>,
+    upstream_header: OnceLock<Histogram>,
     errors: [OnceLock<IntCounter>; CAUSES.len()],
     /// Per `Scrape`: how long reads take, how many failed.
     scrapes: [OnceLock<(Histogram, IntCounter)>; 2],
@@ -336,6 +345,7 @@ impl ServerStats {
             attempts: OnceLock::new(),
             retries: OnceLock::new(),
             router_added: OnceLock::new(),
+            upstream_header: OnceLock::new(),
             errors: std::array::from_fn(|_| OnceLock::new()),
             scrapes: std::array::from_fn(|_| OnceLock::new()),
             models: ArcSwap::from_pointee(Vec::new()),
@@ -353,6 +363,14 @@ impl ServerStats {
     fn retries(&self) -> &IntCounter {
         self.retries
             .get_or_init(|| self.families.retries.with_label_values(&[&*self.server]))
+    }
+
+    fn upstream_header(&self) -> &Histogram {
+        self.upstream_header.get_or_init(|| {
+            self.families
+                .upstream_header
+                .with_label_values(&[&*self.server])
+        })
     }
 
     fn router_added(&self) -> &Histogram {

@@ -98,6 +98,8 @@ def test_metrics_parse_and_move_with_traffic(setup):
     assert total(after, "mvllm_time_to_first_token_seconds_count", server=sim.url) >= 3
     assert total(after, "mvllm_request_duration_seconds_count", server=sim.url) >= 3
     assert total(after, "mvllm_attempts_total", server=sim.url) >= 3
+    assert total(after, "mvllm_upstream_header_seconds_count", server=sim.url) >= 3
+    assert total(after, "mvllm_router_added_seconds_count", server=sim.url) >= 3
     assert total(after, "mvllm_server_healthy", server=sim.url) == 1
     assert total(after, "mvllm_server_capacity", server=sim.url) == 4
     assert total(after, "mvllm_scrape_duration_seconds_count", server=sim.url, endpoint="metrics") >= 1
