@@ -84,6 +84,8 @@ struct EngineHandle {
 pub struct Engines {
     engines: Vec<EngineHandle>,
     next_id: AtomicU64,
+    /// Serialises choosing an engine (see `submit`).
+    choosing: std::sync::Mutex<()>,
 }
 
 impl Engines {
@@ -115,19 +117,27 @@ impl Engines {
         Engines {
             engines,
             next_id: AtomicU64::new(1),
+            choosing: std::sync::Mutex::new(()),
         }
     }
 
     /// Queues a request on the least busy engine (as vLLM's data-parallel front end does).
     pub fn submit(&self, request: GenRequest) -> Generation {
-        let engine = self
-            .engines
-            .iter()
-            .min_by_key(|e| e.outstanding.load(Relaxed))
-            .expect("at least one engine is validated at start-up");
+        let engine = {
+            // Choosing and counting are one step, so that requests arriving together on
+            // different threads do not all see the same "least busy" engine. (A std mutex:
+            // held for a few instructions, never across an await.)
+            let _choosing = self.choosing.lock().unwrap_or_else(|e| e.into_inner());
+            let engine = self
+                .engines
+                .iter()
+                .min_by_key(|e| e.outstanding.load(Relaxed))
+                .expect("at least one engine is validated at start-up");
+            engine.outstanding.fetch_add(1, Relaxed);
+            engine
+        };
         let id = self.next_id.fetch_add(1, Relaxed);
         let (events_tx, events) = mpsc::unbounded_channel();
-        engine.outstanding.fetch_add(1, Relaxed);
         let sent = engine.commands.send(Command::Submit {
             request: SeqRequest {
                 id,
