@@ -328,7 +328,14 @@ impl Sim {
 impl Sim {
     /// Starts `mvllm sim --port 0 <args>` and waits until it answers /health.
     pub async fn start(args: &[&str]) -> Sim {
-        let args: Vec<String> = ["sim", "--host", "127.0.0.1", "--port", "0"]
+        Sim::start_on(0, args).await
+    }
+
+    /// Starts `mvllm sim --port <port> <args>` (0: any free port) and waits until it answers
+    /// /health; a server restarted on its old port comes back at the same URL.
+    pub async fn start_on(port: u16, args: &[&str]) -> Sim {
+        let port = port.to_string();
+        let args: Vec<String> = ["sim", "--host", "127.0.0.1", "--port", &port]
             .iter()
             .chain(args)
             .map(|s| s.to_string())
