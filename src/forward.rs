@@ -242,7 +242,7 @@ fn finish_delivery(
             backend.state.request_failed(why, &snapshot.settings);
         }
         AttemptResult::DeadlineMidBody => {
-            tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, timeout = ?snapshot.settings.request_timeout, "request_timeout reached mid-response; the client's connection is closed");
+            tracing::warn!(request_id = %ctx.id, server = %backend.cfg.url, timeout = ?snapshot.settings.request_timeout, "request_timeout reached mid-response; the answer was ended");
         }
         _ => {}
     }

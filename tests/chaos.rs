@@ -255,3 +255,187 @@ async fn every_server_failing_at_once_then_recovering() {
     assert_eq!(after.failed.load(Relaxed), 0, "service resumes at once");
     assert!(recovered.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn sigterm_under_load_lets_every_stream_finish() {
+    let flags = [
+        "--itl-ms",
+        "50",
+        "--batch-slope",
+        "0",
+        "--served-model-name",
+        "llama",
+    ];
+    let (a, b) = (Sim::start(&flags).await, Sim::start(&flags).await);
+    let mut router = RouterProcess::start(&[(&a.url, 16), (&b.url, 16)], "").await;
+    // 12 streams of 20 tokens at 50 ms (about 1 s each), started before the SIGTERM.
+    let body = json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 20, "stream": true});
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let r = client()
+            .post(router.at("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        streams.push(tokio::spawn(async move {
+            let text = r.text().await.unwrap_or_default();
+            (text.ends_with("data: [DONE]\n\n"), Instant::now())
+        }));
+    }
+    signal(router.pid(), "TERM");
+    let mut last_end = Instant::now();
+    let mut complete = 0;
+    for stream in streams {
+        let (done, ended) = stream.await.unwrap();
+        complete += usize::from(done);
+        last_end = last_end.max(ended);
+    }
+    let status = router.wait_exit_status(Duration::from_secs(5)).await;
+    let after_last = last_end.elapsed();
+    println!(
+        "| SIGTERM with 12 streams in flight | 12 | {complete} | {} | 0 |",
+        12 - complete
+    );
+    assert_eq!(complete, 12, "every stream in flight finished");
+    assert_eq!(status, Some(0), "exit status 0");
+    assert!(
+        after_last < Duration::from_secs(1),
+        "exited {after_last:?} after the last stream"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_config_rewrites_under_load() {
+    let flags = ["--itl-ms", "5", "--served-model-name", "llama", "qwen"];
+    let (a, b, c) = (
+        Sim::start(&flags).await,
+        Sim::start(&flags).await,
+        Sim::start(&flags).await,
+    );
+    let lines = "config_reload_interval = 0.2\n";
+    let router = RouterProcess::start(&[(&a.url, 8), (&b.url, 8)], lines).await;
+    let path = router.config_path().to_path_buf();
+    let run = tokio::spawn(load(
+        router.url.clone(),
+        &["llama", "qwen"],
+        8,
+        Duration::from_secs(4),
+    ));
+    // Add and remove servers, change capacities and settings, and break the file now and
+    // then; there is always at least one server.
+    let sets: [&[(&str, u32)]; 4] = [
+        &[(&a.url, 8), (&b.url, 8)],
+        &[(&a.url, 4), (&b.url, 8), (&c.url, 8)],
+        &[(&b.url, 8), (&c.url, 16)],
+        &[(&c.url, 8), (&a.url, 8)],
+    ];
+    for i in 0..100 {
+        let text = if i % 7 == 3 {
+            "[servers]\nservers = [{ url = \"not a url\" }]\n".to_string()
+        } else {
+            common::servers_file(
+                sets[i % 4],
+                &format!("{lines}max_retries = {}\n", i % 4 + 1),
+            )
+        };
+        let temp = path.with_extension("swp");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The last file (i = 99: set 3, servers c and a) is followed within a second.
+    let written = Instant::now();
+    loop {
+        let health = common::get_json(router.at("/health")).await;
+        let urls: Vec<&str> = health["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["url"].as_str().unwrap())
+            .collect();
+        if urls == [c.url.as_str(), a.url.as_str()] {
+            break;
+        }
+        assert!(written.elapsed() < Duration::from_secs(1), "still {urls:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tally = run.await.unwrap();
+    println!(
+        "{}",
+        tally.row("100 servers.toml rewrites (1 in 7 invalid)")
+    );
+    assert_eq!(tally.failed.load(Relaxed), 0);
+    assert_eq!(tally.cut.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn zero_downtime_upgrade_under_load() {
+    let flags = ["--itl-ms", "5", "--served-model-name", "llama", "qwen"];
+    let (a, b) = (Sim::start(&flags).await, Sim::start(&flags).await);
+    let dir = std::env::temp_dir().join(format!("mvllm-chaos-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("pingora.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "---\nversion: 1\nthreads: 2\npid_file: {0}/mvllm.pid\nupgrade_sock: {0}/upgrade.sock\n\
+             grace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf_arg = conf.to_string_lossy().into_owned();
+    let mut old = RouterProcess::start_with(
+        &[(&a.url, 8), (&b.url, 8)],
+        "",
+        port,
+        &["--conf", &conf_arg],
+    )
+    .await;
+    let run = tokio::spawn(load(
+        old.url.clone(),
+        &["llama", "qwen"],
+        8,
+        Duration::from_secs(8),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let port_arg = port.to_string();
+    let sibling_args = ["--port", &port_arg, "--conf", &conf_arg, "--upgrade"];
+    let sibling = old.spawn_sibling(&sibling_args);
+    let handover = async {
+        let socket = dir.join("upgrade.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the new process never opened its socket"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal(old.pid(), "QUIT");
+    };
+    let (new, ()) = tokio::join!(sibling, handover);
+    let tally = run.await.unwrap();
+    println!("{}", tally.row("zero-downtime binary upgrade"));
+    assert_eq!(
+        tally.failed.load(Relaxed),
+        0,
+        "no request failed, no connection was refused"
+    );
+    assert_eq!(tally.cut.load(Relaxed), 0, "streams in flight finished");
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).await,
+        "the old process left after draining"
+    );
+    new.wait_healthy(2).await;
+    std::fs::remove_dir_all(&dir).ok();
+}

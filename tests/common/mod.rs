@@ -266,14 +266,19 @@ impl RouterProcess {
 
     /// Waits up to `limit` for the process to exit by itself.
     pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        self.wait_exit_status(limit).await.is_some()
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; its exit code (-1 for a signal).
+    pub async fn wait_exit_status(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        false
+        None
     }
 }
 
