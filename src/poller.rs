@@ -170,7 +170,15 @@ async fn scrape(b: &Backend, scraper: &Scraper, settings: &Settings) {
 }
 
 async fn resolve(b: &Backend, settings: &Settings) {
-    match lookup(&b.cfg.host, b.cfg.port).await {
+    // The system resolver has no deadline of its own: a hung DNS server must not hold this
+    // server's schedule.
+    let looked_up = tokio::time::timeout(
+        settings.health_check_timeout,
+        lookup(&b.cfg.host, b.cfg.port),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("cannot resolve {}: timed out", b.cfg.host)));
+    match looked_up {
         Ok(addr) => b.state.addr.store(Some(Arc::new(addr))),
         Err(why) => {
             // Keep the last good address, if any: a DNS hiccup must not take a working
