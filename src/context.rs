@@ -173,6 +173,8 @@ pub struct RequestContext {
     pub status: Option<u16>,
     pub outcome: Outcome,
     pub usage: Usage,
+    /// Whether a stream broken off by its server was completed by another (resume.rs).
+    pub resumed: bool,
     finish: Arc<dyn Finish>,
 }
 
@@ -195,6 +197,7 @@ impl RequestContext {
             status: None,
             outcome: Outcome::Unfinished,
             usage: Usage::default(),
+            resumed: false,
             finish,
         }
     }

@@ -22,6 +22,7 @@ use crate::headers;
 use crate::openai::ApiError;
 use crate::policy::{self, NoBackend};
 use crate::respond;
+use crate::resume::{self, Transcript};
 use crate::retry::{self, AttemptResult, Decision, Facts};
 use crate::upstream::{self, Answer, NoAnswer};
 
@@ -181,9 +182,35 @@ async fn attempt(
                 server: &backend.headers,
                 attempts: ctx.attempts.len(),
             });
-            let (ended, why) =
-                upstream::deliver(connector, session, ctx, answer, routing, deadline).await;
-            finish_delivery(ctx, index, backend, snapshot, status, ended, why);
+            // A stream that may be resumed on another server if this one dies (resume.rs).
+            let api = settings
+                .resume_streams
+                .then(|| resume::resumable_api(&ctx.path, &ctx.features.body))
+                .flatten();
+            let mut transcript = api.map(Transcript::new);
+            let delivered = upstream::deliver(
+                connector,
+                session,
+                ctx,
+                answer,
+                routing,
+                transcript.as_mut(),
+                deadline,
+            )
+            .await;
+            let left_open = delivered.left_open;
+            finish_delivery(
+                ctx,
+                index,
+                backend,
+                snapshot,
+                status,
+                delivered.result,
+                delivered.why,
+            );
+            if let (true, Some(api), Some(transcript)) = (left_open, api, transcript.as_mut()) {
+                resume_stream(session, ctx, snapshot, connector, api, transcript, deadline).await;
+            }
             Step::Finished
         }
         (decision @ (Decision::Retry | Decision::GiveUp), sent) => {
@@ -213,6 +240,101 @@ async fn attempt(
             ctx.attempts[index].end(result, None);
             ctx.outcome = Outcome::ClientGone;
             Step::Finished
+        }
+    }
+}
+
+/// Continues a stream whose server broke off on other servers, until it ends or no server,
+/// attempt or time is left (then the client gets the error event).
+async fn resume_stream(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    snapshot: &Snapshot,
+    connector: &Connector,
+    api: resume::Api,
+    transcript: &mut Transcript,
+    deadline: tokio::time::Instant,
+) {
+    let settings = &snapshot.settings;
+    loop {
+        let attempts_left = (ctx.attempts.len() as u32) <= settings.max_retries;
+        let next = if attempts_left && tokio::time::Instant::now() < deadline {
+            let model = ctx.features.model.as_deref();
+            policy::eligible(&snapshot.backends, model, |b| ctx.tried(b))
+                .ok()
+                .map(|candidates| snapshot.policy.pick(&candidates, &ctx.features))
+        } else {
+            None
+        };
+        let body = next.and_then(|_| resume::continuation(&ctx.features.body, api, transcript));
+        let (Some(backend), Some(body)) = (next, body) else {
+            let why = "the server broke off the stream and no other server could continue it";
+            let error = ApiError::new(502, "BadGateway", why);
+            upstream::end_broken_answer(session, true, true, &error).await;
+            return;
+        };
+        tracing::info!(request_id = %ctx.id, server = %backend.cfg.url, tokens = transcript.tokens, "resuming the stream on another server");
+        let index = ctx.attempts.len();
+        ctx.begin_attempt(backend);
+        let first_byte_deadline =
+            deadline.min(tokio::time::Instant::now() + settings.first_byte_timeout);
+        let body = Bytes::from(body);
+        let sent = upstream::request(
+            connector,
+            session,
+            backend,
+            &body,
+            &ctx.id,
+            first_byte_deadline,
+        )
+        .await;
+        match sent {
+            Ok(answer) if answer.header.status.as_u16() == 200 => {
+                let times = (
+                    Some(answer.connected),
+                    Some(answer.sent),
+                    Some(answer.received),
+                );
+                ctx.attempts[index].timed(times);
+                transcript.continue_on_another_server();
+                let delivered = upstream::pump(
+                    connector,
+                    session,
+                    ctx,
+                    answer,
+                    Some(&mut *transcript),
+                    deadline,
+                )
+                .await;
+                let (result, left_open) = (delivered.result, delivered.left_open);
+                finish_delivery(ctx, index, backend, snapshot, 200, result, delivered.why);
+                if left_open {
+                    continue;
+                }
+                ctx.resumed = result == AttemptResult::Delivered;
+                return;
+            }
+            Ok(answer) => {
+                let status = answer.header.status.as_u16();
+                let result = AttemptResult::Status(status);
+                if retry::counts_against_server(result, answer.reused) {
+                    backend
+                        .state
+                        .request_failed(format!("HTTP {status}"), settings);
+                }
+                ctx.attempts[index].end(result, Some(format!("HTTP {status}")));
+            }
+            Err(no) => {
+                if no.result == AttemptResult::ClientGone {
+                    ctx.attempts[index].end(no.result, None);
+                    ctx.outcome = Outcome::ClientGone;
+                    return;
+                }
+                if retry::counts_against_server(no.result, no.reused) {
+                    backend.state.request_failed(no.why.clone(), settings);
+                }
+                ctx.attempts[index].end(no.result, Some(no.why));
+            }
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod poller;
 pub mod probe;
 pub mod request_id;
 pub mod respond;
+pub mod resume;
 pub mod retry;
 pub mod run;
 pub mod scrape;

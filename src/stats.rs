@@ -94,6 +94,8 @@ pub struct Stats {
     reloads_failed: IntCounter,
     /// Retries not made because the retry budget was spent.
     retries_denied: IntCounter,
+    /// Streams completed on another server after theirs broke off.
+    streams_resumed: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -190,6 +192,13 @@ impl Stats {
             &[],
         )
         .with_label_values::<&str>(&[]);
+        let streams_resumed = counter(
+            &r,
+            "mvllm_streams_resumed_total",
+            "Streams whose server broke off, completed by another server (resume_streams).",
+            &[],
+        )
+        .with_label_values::<&str>(&[]);
         Stats {
             registry: r,
             families,
@@ -198,6 +207,7 @@ impl Stats {
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_failed: reloads.with_label_values(&["failed"]),
             retries_denied,
+            streams_resumed,
         }
     }
 
@@ -225,6 +235,9 @@ impl Stats {
         if let Some(route) = r.local {
             self.local[route as usize].inc();
             return;
+        }
+        if r.resumed {
+            self.streams_resumed.inc();
         }
         let server = r
             .attempts

@@ -19,6 +19,7 @@ use crate::context::RequestContext;
 use crate::headers;
 use crate::openai::ApiError;
 use crate::request_id::RequestId;
+use crate::resume::Transcript;
 use crate::retry::AttemptResult;
 use crate::usage::UsageScanner;
 
@@ -186,41 +187,79 @@ pub async fn read_error_body(answer: &mut Answer, deadline: tokio::time::Instant
     body.freeze()
 }
 
-/// Streams the answer to the client, chunk by chunk as it arrives, until `deadline`. Returns
-/// how it ended and, for a failure, why.
+/// How a delivery ended: the attempt's result, why (for a failure), and whether the answer was
+/// left open for a continuation (stream resumption; see resume.rs).
+pub struct Delivered {
+    pub result: AttemptResult,
+    pub why: Option<String>,
+    pub left_open: bool,
+}
+
+/// Streams the answer to the client, chunk by chunk as it arrives, until `deadline`. With a
+/// `transcript` (a resumable stream), events pass whole and a server that breaks off leaves
+/// the answer open for a continuation instead of ending it.
 pub async fn deliver(
     connector: &Connector,
     session: &mut Session,
     ctx: &mut RequestContext,
     answer: Answer,
     routing: Option<headers::Routing<'_>>,
+    transcript: Option<&mut Transcript>,
     deadline: tokio::time::Instant,
-) -> (AttemptResult, Option<String>) {
-    let Answer {
-        header: upstream_header,
-        mut upstream,
-        peer,
-        ..
-    } = answer;
-    let header = headers::downstream_response(&upstream_header, &ctx.id, routing);
-    ctx.status = Some(upstream_header.status.as_u16());
+) -> Delivered {
+    let header = headers::downstream_response(&answer.header, &ctx.id, routing);
+    ctx.status = Some(answer.header.status.as_u16());
     ctx.responded = Some(Instant::now());
     if session
         .write_response_header(Box::new(header), false)
         .await
         .is_err()
     {
-        return (AttemptResult::ClientGone, None);
+        return Delivered {
+            result: AttemptResult::ClientGone,
+            why: None,
+            left_open: false,
+        };
     }
+    pump(connector, session, ctx, answer, transcript, deadline).await
+}
+
+/// Streams a server's answer body to the client (whose response header is already written).
+pub async fn pump(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    answer: Answer,
+    mut transcript: Option<&mut Transcript>,
+    deadline: tokio::time::Instant,
+) -> Delivered {
+    let Answer {
+        header: upstream_header,
+        mut upstream,
+        peer,
+        ..
+    } = answer;
     let mut usage = UsageScanner::default();
     let scan = is_json_or_sse(&upstream_header);
     // A stream whose end the router writes (chunked, not a fixed length) can be ended with an
     // error event when the server breaks off; anything else can only be cut.
     let stream = is_sse(&upstream_header) && !upstream_header.headers.contains_key(CONTENT_LENGTH);
     let mut ends_an_event = true;
+    let ended = |result, why| Delivered {
+        result,
+        why,
+        left_open: false,
+    };
     let result = loop {
         match timeout_at(deadline, upstream.read_body_bytes()).await {
             Ok(Ok(Some(chunk))) => {
+                let chunk = match transcript.as_deref_mut() {
+                    Some(t) => Bytes::from(t.feed(&chunk)),
+                    None => chunk,
+                };
+                if chunk.is_empty() {
+                    continue;
+                }
                 if scan {
                     usage.feed(&chunk);
                 }
@@ -232,36 +271,38 @@ pub async fn deliver(
                     .is_err()
                 {
                     // The client left: dropping the upstream connection makes vLLM abort.
-                    break (AttemptResult::ClientGone, None);
+                    break ended(AttemptResult::ClientGone, None);
                 }
             }
-            Ok(Ok(None)) => break (AttemptResult::Delivered, None),
+            Ok(Ok(None)) => break ended(AttemptResult::Delivered, None),
             Ok(Err(e)) => {
                 let why = format!("the server broke off the answer: {e}");
-                end_broken_answer(
-                    session,
-                    stream,
-                    ends_an_event,
-                    &ApiError::new(502, "BadGateway", &why),
-                )
-                .await;
-                break (AttemptResult::BrokeOff, Some(why));
+                if stream && transcript.as_deref().is_some_and(Transcript::can_resume) {
+                    break Delivered {
+                        result: AttemptResult::BrokeOff,
+                        why: Some(why),
+                        left_open: true,
+                    };
+                }
+                let error = ApiError::new(502, "BadGateway", &why);
+                end_broken_answer(session, stream, ends_an_event, &error).await;
+                break ended(AttemptResult::BrokeOff, Some(why));
             }
             Err(_) => {
                 let why = "request_timeout was reached before the answer ended".to_string();
-                end_broken_answer(
-                    session,
-                    stream,
-                    ends_an_event,
-                    &ApiError::new(504, "GatewayTimeout", &why),
-                )
-                .await;
-                break (AttemptResult::DeadlineMidBody, Some(why));
+                let error = ApiError::new(504, "GatewayTimeout", &why);
+                end_broken_answer(session, stream, ends_an_event, &error).await;
+                break ended(AttemptResult::DeadlineMidBody, Some(why));
             }
         }
     };
-    ctx.usage = usage.usage;
-    if result.0 == AttemptResult::Delivered {
+    if let Some(n) = usage.usage.prompt_tokens {
+        ctx.usage.prompt_tokens = Some(n);
+    }
+    if let Some(n) = usage.usage.completion_tokens {
+        ctx.usage.completion_tokens = Some(n);
+    }
+    if result.result == AttemptResult::Delivered {
         let _ = session.write_response_body(None, true).await;
         connector
             .release_http_session(upstream, &peer, Some(POOL_IDLE_TIMEOUT))
@@ -275,7 +316,7 @@ pub async fn deliver(
 /// `data: {"error": {...}}` — the OpenAI SDK raises it as an `APIError` with its message — and
 /// then ends; anything else has its connection closed, so the client sees an incomplete
 /// answer, never a short one with a clean end.
-async fn end_broken_answer(
+pub async fn end_broken_answer(
     session: &mut Session,
     stream: bool,
     ends_an_event: bool,

@@ -439,3 +439,33 @@ async fn zero_downtime_upgrade_under_load() {
     new.wait_healthy(2).await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn kill_9_one_server_mid_run_with_resume_streams() {
+    let flags = ["--itl-ms", "10", "--served-model-name", "llama", "qwen"];
+    let a = Sim::start(&flags).await;
+    let b = Sim::start(&flags).await;
+    let mut c = Sim::start(&flags).await;
+    let lines = "resume_streams = true\n";
+    let router = RouterProcess::start(&[(&a.url, 8), (&b.url, 8), (&c.url, 8)], lines).await;
+    let run = tokio::spawn(load(
+        router.url.clone(),
+        &["llama", "qwen"],
+        8,
+        Duration::from_secs(3),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kill();
+    let tally = run.await.unwrap();
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    println!(
+        "{} ({resumed} streams resumed)",
+        tally.row("kill -9 one of 3 servers, resume_streams on")
+    );
+    assert_eq!(tally.failed.load(Relaxed), 0);
+    assert_eq!(
+        tally.cut.load(Relaxed),
+        0,
+        "the streams on it went on elsewhere"
+    );
+}

@@ -647,3 +647,62 @@ async fn a_server_that_keeps_failing_is_ejected_but_never_the_last_one() {
         );
     }
 }
+
+#[tokio::test]
+async fn with_resume_streams_a_broken_stream_goes_on_on_another_server() {
+    // This server dies after 3 tokens of every stream; the other is healthy.
+    let cut = Sim::start(&["--itl-ms", "1", "--fault-cut-stream-after", "3"]).await;
+    let good = Sim::start(&["--itl-ms", "1"]).await;
+    let lines = "resume_streams = true\nfailure_threshold = 100\nejection_threshold = 0\n";
+    let router = RouterProcess::start(&[(&cut.url, 4), (&good.url, 4)], lines).await;
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "stream": true}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Once upon a time", "max_tokens": 12, "stream": true}),
+        ),
+    ] {
+        // Ties are broken at random: some of these start on the server that dies.
+        for _ in 0..20 {
+            let r = send_json(router.at(path), &body).await;
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.unwrap();
+            assert!(text.ends_with("data: [DONE]\n\n"), "uninterrupted: {text}");
+            let events: Vec<Value> = common::sse_payloads(&text)
+                .iter()
+                .filter(|p| *p != "[DONE]")
+                .map(|p| serde_json::from_str(p).unwrap())
+                .collect();
+            let ids: std::collections::HashSet<&str> =
+                events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+            assert_eq!(ids.len(), 1, "one response id: {text}");
+            let content = events
+                .iter()
+                .filter(|e| {
+                    let choice = &e["choices"][0];
+                    let piece = choice["delta"]["content"]
+                        .as_str()
+                        .or(choice["text"].as_str());
+                    piece.is_some_and(|t| !t.is_empty())
+                })
+                .count();
+            assert_eq!(content, 12, "every requested token, once: {text}");
+            let openings = events
+                .iter()
+                .filter(|e| e["choices"][0]["delta"]["role"].is_string())
+                .count();
+            assert!(openings <= 1, "one opening: {text}");
+        }
+    }
+    let text = metrics(&router).await;
+    let resumed = series(&text, "mvllm_streams_resumed_total", &[]);
+    println!("{resumed} of 40 streams were resumed on another server");
+    assert!(resumed >= 1.0);
+    assert_eq!(
+        series(&text, "mvllm_requests_total", &[("outcome", "broke_off")]),
+        0.0
+    );
+}

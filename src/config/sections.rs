@@ -63,6 +63,9 @@ section! {
         /// How often servers.toml is compared with the running config even without file
         /// events (some network and container file systems deliver none).
         config_reload_interval: Duration = Seconds { default: 30.0, min: 0.1 },
+        /// Resume a stream whose server dies on another server, as a continuation of what the
+        /// client already has (chat and completions streams with one choice and no logprobs).
+        resume_streams: bool = Flag { default: false },
         /// Add `x-mvllm-upstream` (the server that answered) and `x-mvllm-attempts` to
         /// forwarded answers, for debugging from the client side. Off: server addresses are
         /// internal.

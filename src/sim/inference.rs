@@ -24,7 +24,7 @@ use super::server::{
     body_bytes, client_request_id, inject_faults, unix_now, with_request_id, ConnKill, Shared,
     SimState,
 };
-use super::tokenizer::{chat_prompt, embedding, output_token, prompt_key, tokenize};
+use super::tokenizer::{chat_prompt_with, embedding, output_token, prompt_key, tokenize};
 use crate::openai::ApiError;
 
 /// Most choices one request may ask for (`n`, times the prompts of a batch).
@@ -207,7 +207,18 @@ fn plan_chat(
     for message in &messages {
         texts.push((message.role.as_str(), message_text(&message.content)?));
     }
-    let prompt = chat_prompt(texts.iter().map(|(role, text)| (*role, text.as_str())));
+    let continue_final = request.continue_final_message.unwrap_or(false);
+    if continue_final && texts.last().is_none_or(|(role, _)| *role != "assistant") {
+        return Err(ApiError::bad_request(
+            "continue_final_message is set, but the last message is not an assistant message",
+        )
+        .with_param("continue_final_message"));
+    }
+    let prompt = chat_prompt_with(
+        texts.iter().map(|(role, text)| (*role, text.as_str())),
+        request.add_generation_prompt.unwrap_or(true),
+        continue_final,
+    );
     let prompts = vec![PromptTokens {
         tokens: tokenize(&prompt),
     }];

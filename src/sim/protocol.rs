@@ -39,6 +39,12 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// vLLM's: end the prompt with the start of the assistant's turn (default true).
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
+    /// vLLM's: the last message is an assistant message to continue, left open (default false).
+    #[serde(default)]
+    pub continue_final_message: Option<bool>,
 }
 
 /// A completion prompt or embedding input: text, texts, token ids, or lists of token ids.

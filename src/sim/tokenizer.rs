@@ -36,15 +36,31 @@ fn token_id(piece: &[u8]) -> u32 {
 /// The text a chat template would produce: role markers around each message, then the start of
 /// the assistant's turn. Earlier turns are a prefix of later ones, as in real templates.
 pub fn chat_prompt<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    chat_prompt_with(messages, true, false)
+}
+
+/// `chat_prompt` with vLLM's two template switches: `add_generation_prompt` (start the
+/// assistant's turn at the end) and `continue_final_message` (leave the last message, an
+/// assistant's, open so that generation continues it).
+pub fn chat_prompt_with<'a>(
+    messages: impl IntoIterator<Item = (&'a str, &'a str)>,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+) -> String {
+    let messages: Vec<(&str, &str)> = messages.into_iter().collect();
     let mut prompt = String::new();
-    for (role, content) in messages {
+    for (i, (role, content)) in messages.iter().enumerate() {
         prompt.push_str("<|im_start|>");
         prompt.push_str(role);
         prompt.push('\n');
         prompt.push_str(content);
-        prompt.push_str("<|im_end|>\n");
+        if !(continue_final_message && i + 1 == messages.len()) {
+            prompt.push_str("<|im_end|>\n");
+        }
     }
-    prompt.push_str("<|im_start|>assistant\n");
+    if add_generation_prompt && !continue_final_message {
+        prompt.push_str("<|im_start|>assistant\n");
+    }
     prompt
 }
 
