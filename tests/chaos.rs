@@ -1,6 +1,6 @@
 //! The chaos suite: the router and simulated servers on loopback under steady mixed load
 //! (streams and not, two models), with a failure injected mid-run, and exact counts of what
-//! the clients saw. Each scenario prints a row: sent / ok / failed / streams cut.
+//! the clients saw. Each scenario prints a row: sent / ok / failed / streams cut / resumed.
 //!
 //! "Failed" is what must not happen: a non-200 answer, a connection error, or a stream that
 //! ended neither with `[DONE]` nor with the router's error event. "Cut" is a stream that had
@@ -25,9 +25,10 @@ struct Tally {
 }
 
 impl Tally {
-    fn row(&self, scenario: &str) -> String {
+    /// A row of the table: sent / ok / failed / streams cut / streams resumed.
+    fn row(&self, scenario: &str, resumed: f64) -> String {
         format!(
-            "| {scenario} | {} | {} | {} | {} |",
+            "| {scenario} | {} | {} | {} | {} | {resumed} |",
             self.sent.load(Relaxed),
             self.ok.load(Relaxed),
             self.failed.load(Relaxed),
@@ -92,7 +93,8 @@ async fn kill_9_one_server_mid_run() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.kill();
     let tally = run.await.unwrap();
-    println!("{}", tally.row("kill -9 one of 3 servers"));
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    println!("{}", tally.row("kill -9 one of 3 servers", resumed));
     assert_eq!(
         tally.failed.load(Relaxed),
         0,
@@ -125,8 +127,13 @@ async fn sigstop_one_server_mid_run() {
     signal(frozen.pid(), "STOP");
     let tally = run.await.unwrap();
     signal(frozen.pid(), "CONT");
-    println!("{}", tally.row("SIGSTOP one of 3 servers"));
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    println!("{}", tally.row("SIGSTOP one of 3 servers", resumed));
     assert_eq!(tally.failed.load(Relaxed), 0);
+    assert!(
+        metric_sum(&router, "mvllm_ejections_total").await >= 1.0,
+        "it was ejected"
+    );
     assert!(tally.ok.load(Relaxed) > 50);
     router.wait_healthy(3).await;
 }
@@ -171,9 +178,10 @@ async fn fault_modes_cost_nothing_while_a_healthy_server_exists() {
         Duration::from_secs(3),
     )
     .await;
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
     println!(
         "{}",
-        tally.row("500s, 503s, resets, garbage and slow metrics")
+        tally.row("500s, 503s, resets, garbage and slow metrics", resumed)
     );
     assert_eq!(tally.failed.load(Relaxed), 0);
     assert_eq!(tally.cut.load(Relaxed), 0);
@@ -234,7 +242,8 @@ async fn every_server_failing_at_once_then_recovering() {
         metric_sum(&router, "mvllm_requests_total").await - requests,
         metric_sum(&router, "mvllm_attempts_total").await - attempts,
     );
-    println!("{}", outage.row("every server failing (503)"));
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    println!("{}", outage.row("every server failing (503)", resumed));
     println!("  during the outage: {requests} client requests, {attempts} upstream attempts");
     assert_eq!(outage.ok.load(Relaxed), 0);
     assert!(
@@ -251,7 +260,8 @@ async fn every_server_failing_at_once_then_recovering() {
         Duration::from_secs(1),
     )
     .await;
-    println!("{}", after.row("after recovery"));
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    println!("{}", after.row("after recovery", resumed));
     assert_eq!(after.failed.load(Relaxed), 0, "service resumes at once");
     assert!(recovered.elapsed() < Duration::from_secs(5));
 }
@@ -296,7 +306,7 @@ async fn sigterm_under_load_lets_every_stream_finish() {
     let status = router.wait_exit_status(Duration::from_secs(5)).await;
     let after_last = last_end.elapsed();
     println!(
-        "| SIGTERM with 12 streams in flight | 12 | {complete} | {} | 0 |",
+        "| SIGTERM with 12 streams in flight | 12 | {complete} | {} | 0 | 0 |",
         12 - complete
     );
     assert_eq!(complete, 12, "every stream in flight finished");
@@ -363,9 +373,10 @@ async fn a_hundred_config_rewrites_under_load() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tally = run.await.unwrap();
+    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
     println!(
         "{}",
-        tally.row("100 servers.toml rewrites (1 in 7 invalid)")
+        tally.row("100 servers.toml rewrites (1 in 7 invalid)", resumed)
     );
     assert_eq!(tally.failed.load(Relaxed), 0);
     assert_eq!(tally.cut.load(Relaxed), 0);
@@ -425,7 +436,7 @@ async fn zero_downtime_upgrade_under_load() {
     };
     let (new, ()) = tokio::join!(sibling, handover);
     let tally = run.await.unwrap();
-    println!("{}", tally.row("zero-downtime binary upgrade"));
+    println!("{}", tally.row("zero-downtime binary upgrade", 0.0));
     assert_eq!(
         tally.failed.load(Relaxed),
         0,
@@ -459,8 +470,8 @@ async fn kill_9_one_server_mid_run_with_resume_streams() {
     let tally = run.await.unwrap();
     let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
     println!(
-        "{} ({resumed} streams resumed)",
-        tally.row("kill -9 one of 3 servers, resume_streams on")
+        "{}",
+        tally.row("kill -9 one of 3 servers, resume_streams on", resumed)
     );
     assert_eq!(tally.failed.load(Relaxed), 0);
     assert_eq!(
