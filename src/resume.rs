@@ -61,6 +61,8 @@ pub struct Transcript {
     stuck: bool,
     /// Events of a continuation: rewrite the id, drop the opening role event.
     continuing: bool,
+    /// Tokens delivered before the current continuation began (its prompt holds them).
+    tokens_before: u32,
 }
 
 impl Transcript {
@@ -74,6 +76,7 @@ impl Transcript {
             finished: false,
             stuck: false,
             continuing: false,
+            tokens_before: 0,
         }
     }
 
@@ -86,6 +89,7 @@ impl Transcript {
     pub fn continue_on_another_server(&mut self) {
         self.pending.clear();
         self.continuing = true;
+        self.tokens_before = self.tokens;
     }
 
     /// Takes bytes from the server; returns the complete events to send to the client.
@@ -121,7 +125,7 @@ impl Transcript {
             }
             if let Some(usage) = value.get_mut("usage").and_then(Value::as_object_mut) {
                 // The continuation's prompt holds the tokens already sent: count them as output.
-                let sent = u64::from(self.tokens_before_continuation());
+                let sent = u64::from(self.tokens_before);
                 if let Some(Value::Number(n)) = usage.get("completion_tokens").cloned() {
                     usage.insert(
                         "completion_tokens".into(),
@@ -170,10 +174,6 @@ impl Transcript {
             return Some(out);
         }
         Some(event.to_vec())
-    }
-
-    fn tokens_before_continuation(&self) -> u32 {
-        self.tokens
     }
 }
 
@@ -290,6 +290,32 @@ mod tests {
         let more: Value = serde_json::from_slice(&more[6..more.len() - 2]).unwrap();
         assert_eq!(more["id"], "chatcmpl-1");
         assert_eq!((t.text.as_str(), t.tokens, t.finished), (" a b", 2, true));
+    }
+
+    #[test]
+    fn the_continuations_usage_counts_the_tokens_sent_before_it() {
+        let mut t = Transcript::new(Api::Completions);
+        for word in [" a", " b", " c"] {
+            t.feed(
+                event(&format!(
+                    r#"{{"id":"cmpl-1","choices":[{{"text":"{word}"}}]}}"#
+                ))
+                .as_bytes(),
+            );
+        }
+        t.continue_on_another_server();
+        t.feed(
+            event(r#"{"id":"cmpl-2","choices":[{"text":" d","finish_reason":"length"}]}"#)
+                .as_bytes(),
+        );
+        let usage = t.feed(
+            event(r#"{"id":"cmpl-2","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":1,"total_tokens":11}}"#)
+                .as_bytes(),
+        );
+        let usage: Value = serde_json::from_slice(&usage[6..usage.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 4, "3 before + 1 after");
+        assert_eq!(usage["usage"]["prompt_tokens"], 7);
+        assert_eq!(usage["id"], "cmpl-1");
     }
 
     #[test]
