@@ -44,6 +44,9 @@ pub fn resumable_api(path: &str, body: &[u8]) -> Option<Api> {
         .then_some(api)
 }
 
+/// The longest event waited for; beyond it the stream is passed through as it is.
+const MAX_EVENT: usize = 256 * 1024;
+
 /// What has been delivered of a resumable stream.
 pub struct Transcript {
     api: Api,
@@ -101,6 +104,12 @@ impl Transcript {
             if let Some(event) = self.event(&event) {
                 out.extend_from_slice(&event);
             }
+        }
+        if self.pending.len() > MAX_EVENT {
+            // Not events as vLLM writes them: pass the bytes on as they are, and give up
+            // resuming this stream rather than hold its answer back.
+            self.stuck = true;
+            out.append(&mut self.pending);
         }
         out
     }
@@ -316,6 +325,14 @@ mod tests {
         assert_eq!(usage["usage"]["completion_tokens"], 4, "3 before + 1 after");
         assert_eq!(usage["usage"]["prompt_tokens"], 7);
         assert_eq!(usage["id"], "cmpl-1");
+    }
+
+    #[test]
+    fn bytes_that_are_not_events_are_not_held_back_forever() {
+        let mut t = Transcript::new(Api::Chat);
+        let blob = vec![b'x'; MAX_EVENT + 1];
+        assert_eq!(t.feed(&blob).len(), MAX_EVENT + 1);
+        assert!(!t.can_resume());
     }
 
     #[test]
