@@ -77,13 +77,19 @@ fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-#[tokio::test]
-async fn kill_9_one_server_mid_run() {
+/// Kills one of three servers a second into 3 s of load; returns the tally, what was resumed,
+/// and that the killed server rejoined after a restart on its address.
+async fn kill_9_one_of_three(config_lines: &str, scenario: &str) -> Arc<Tally> {
     let flags = ["--itl-ms", "10", "--served-model-name", "llama", "qwen"];
     let a = Sim::start(&flags).await;
     let b = Sim::start(&flags).await;
     let mut c = Sim::start(&flags).await;
-    let router = RouterProcess::start(&[(&a.url, 8), (&b.url, 8), (&c.url, 8)], "").await;
+    let servers = [
+        (a.url.as_str(), 8),
+        (b.url.as_str(), 8),
+        (c.url.as_str(), 8),
+    ];
+    let router = RouterProcess::start(&servers, config_lines).await;
     let run = tokio::spawn(load(
         router.url.clone(),
         &["llama", "qwen"],
@@ -94,16 +100,22 @@ async fn kill_9_one_server_mid_run() {
     c.kill();
     let tally = run.await.unwrap();
     let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
-    println!("{}", tally.row("kill -9 one of 3 servers", resumed));
+    println!("{}", tally.row(scenario, resumed));
+    // It rejoins after a restart on its old address.
+    let _c = Sim::start_on(port_of(&c.url), &flags).await;
+    router.wait_healthy(3).await;
+    tally
+}
+
+#[tokio::test]
+async fn kill_9_one_server_mid_run() {
+    let tally = kill_9_one_of_three("", "kill -9 one of 3 servers").await;
     assert_eq!(
         tally.failed.load(Relaxed),
         0,
         "nothing another server could serve was lost"
     );
     assert!(tally.ok.load(Relaxed) > 50);
-    // It rejoins after a restart on its old address.
-    let _c = Sim::start_on(port_of(&c.url), &flags).await;
-    router.wait_healthy(3).await;
 }
 
 #[tokio::test]
@@ -386,29 +398,12 @@ async fn a_hundred_config_rewrites_under_load() {
 async fn zero_downtime_upgrade_under_load() {
     let flags = ["--itl-ms", "5", "--served-model-name", "llama", "qwen"];
     let (a, b) = (Sim::start(&flags).await, Sim::start(&flags).await);
-    let dir = std::env::temp_dir().join(format!("mvllm-chaos-upgrade-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("pingora.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "---\nversion: 1\nthreads: 2\npid_file: {0}/mvllm.pid\nupgrade_sock: {0}/upgrade.sock\n\
-             grace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf_arg = conf.to_string_lossy().into_owned();
+    let upgrade = common::Upgrade::prepare("chaos-upgrade");
     let mut old = RouterProcess::start_with(
         &[(&a.url, 8), (&b.url, 8)],
         "",
-        port,
-        &["--conf", &conf_arg],
+        upgrade.port,
+        &["--conf", &upgrade.conf],
     )
     .await;
     let run = tokio::spawn(load(
@@ -419,22 +414,7 @@ async fn zero_downtime_upgrade_under_load() {
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let port_arg = port.to_string();
-    let sibling_args = ["--port", &port_arg, "--conf", &conf_arg, "--upgrade"];
-    let sibling = old.spawn_sibling(&sibling_args);
-    let handover = async {
-        let socket = dir.join("upgrade.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the new process never opened its socket"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        signal(old.pid(), "QUIT");
-    };
-    let (new, ()) = tokio::join!(sibling, handover);
+    let new = upgrade.hand_over(&old).await;
     let tally = run.await.unwrap();
     println!("{}", tally.row("zero-downtime binary upgrade", 0.0));
     assert_eq!(
@@ -448,31 +428,12 @@ async fn zero_downtime_upgrade_under_load() {
         "the old process left after draining"
     );
     new.wait_healthy(2).await;
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
 async fn kill_9_one_server_mid_run_with_resume_streams() {
-    let flags = ["--itl-ms", "10", "--served-model-name", "llama", "qwen"];
-    let a = Sim::start(&flags).await;
-    let b = Sim::start(&flags).await;
-    let mut c = Sim::start(&flags).await;
-    let lines = "resume_streams = true\n";
-    let router = RouterProcess::start(&[(&a.url, 8), (&b.url, 8), (&c.url, 8)], lines).await;
-    let run = tokio::spawn(load(
-        router.url.clone(),
-        &["llama", "qwen"],
-        8,
-        Duration::from_secs(3),
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.kill();
-    let tally = run.await.unwrap();
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
-    println!(
-        "{}",
-        tally.row("kill -9 one of 3 servers, resume_streams on", resumed)
-    );
+    let scenario = "kill -9 one of 3 servers, resume_streams on";
+    let tally = kill_9_one_of_three("resume_streams = true\n", scenario).await;
     assert_eq!(tally.failed.load(Relaxed), 0);
     assert_eq!(
         tally.cut.load(Relaxed),

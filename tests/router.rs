@@ -463,26 +463,14 @@ async fn demo_runs_a_cluster_and_stops_on_sigterm() {
 #[tokio::test]
 async fn binary_upgrade_hands_over_without_dropping_a_request() {
     let sim = Sim::start(&["--itl-ms", "50", "--batch-slope", "0"]).await;
-    let dir = std::env::temp_dir().join(format!("mvllm-upgrade-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("pingora.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "---\nversion: 1\nthreads: 2\npid_file: {0}/mvllm.pid\nupgrade_sock: {0}/upgrade.sock\n\
-             grace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\n",
-            dir.display()
-        ),
+    let upgrade = common::Upgrade::prepare("upgrade");
+    let mut old = RouterProcess::start_with(
+        &[(&sim.url, 4)],
+        "",
+        upgrade.port,
+        &["--conf", &upgrade.conf],
     )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf_arg = conf.to_string_lossy().into_owned();
-    let mut old =
-        RouterProcess::start_with(&[(&sim.url, 4)], "", port, &["--conf", &conf_arg]).await;
+    .await;
 
     // A stream in flight across the hand-over.
     let body =
@@ -497,27 +485,7 @@ async fn binary_upgrade_hands_over_without_dropping_a_request() {
 
     // The new process listens on the upgrade socket for the old one's listeners; once the
     // socket exists, SIGQUIT tells the old process to hand them over and drain.
-    let port_arg = port.to_string();
-    let sibling_args = ["--port", &port_arg, "--conf", &conf_arg, "--upgrade"];
-    let sibling = old.spawn_sibling(&sibling_args);
-    let handover = async {
-        let socket = dir.join("upgrade.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the new process never opened {}",
-                socket.display()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let quit = std::process::Command::new("kill")
-            .args(["-QUIT", &old.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(quit.success());
-    };
-    let (new, ()) = tokio::join!(sibling, handover);
+    let new = upgrade.hand_over(&old).await;
 
     // Requests keep succeeding on the same address throughout.
     for _ in 0..20 {
@@ -537,7 +505,6 @@ async fn binary_upgrade_hands_over_without_dropping_a_request() {
     new.wait_healthy(1).await;
     let (status, _) = post(&new, "/v1/chat/completions", &chat("mvllm/sim-model", 2)).await;
     assert_eq!(status, 200);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Replaces a file the way editors save: write a new file, rename it over the old one.

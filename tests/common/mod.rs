@@ -523,3 +523,67 @@ pub fn sse_payloads(body: &str) -> Vec<String> {
 pub async fn send_json(url: String, body: &serde_json::Value) -> reqwest::Response {
     client().post(url).json(body).send().await.unwrap()
 }
+
+/// A zero-downtime upgrade's setting: a folder with a Pingora conf whose pid file and upgrade
+/// socket are in it, and a free port for the router both processes serve.
+pub struct Upgrade {
+    pub dir: std::path::PathBuf,
+    pub conf: String,
+    pub port: u16,
+}
+
+impl Upgrade {
+    pub fn prepare(name: &str) -> Upgrade {
+        let dir = std::env::temp_dir().join(format!("mvllm-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("pingora.yaml");
+        std::fs::write(
+            &conf,
+            format!(
+                "---\nversion: 1\nthreads: 2\npid_file: {0}/mvllm.pid\nupgrade_sock: {0}/upgrade.sock\n\
+                 grace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Upgrade {
+            dir,
+            conf: conf.to_string_lossy().into_owned(),
+            port,
+        }
+    }
+
+    /// Starts the new process with `--upgrade` beside `old`; once it listens on the upgrade
+    /// socket, SIGQUIT tells `old` to hand its listeners over and drain. Returns the new one.
+    pub async fn hand_over(&self, old: &RouterProcess) -> RouterProcess {
+        let port = self.port.to_string();
+        let args = ["--port", &port, "--conf", &self.conf, "--upgrade"];
+        let sibling = old.spawn_sibling(&args);
+        let handover = async {
+            let socket = self.dir.join("upgrade.sock");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !socket.exists() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the new process never opened {}",
+                    socket.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            signal(old.pid(), "QUIT");
+        };
+        let (new, ()) = tokio::join!(sibling, handover);
+        new
+    }
+}
+
+impl Drop for Upgrade {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
