@@ -99,7 +99,7 @@ async fn kill_9_one_of_three(config_lines: &str, scenario: &str) -> Arc<Tally> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.kill();
     let tally = run.await.unwrap();
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    let resumed = common::series(&router.metrics().await, "mvllm_streams_resumed_total", &[]);
     println!("{}", tally.row(scenario, resumed));
     // It rejoins after a restart on its old address.
     let _c = Sim::start_on(port_of(&c.url), &flags).await;
@@ -139,11 +139,11 @@ async fn sigstop_one_server_mid_run() {
     signal(frozen.pid(), "STOP");
     let tally = run.await.unwrap();
     signal(frozen.pid(), "CONT");
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    let resumed = common::series(&router.metrics().await, "mvllm_streams_resumed_total", &[]);
     println!("{}", tally.row("SIGSTOP one of 3 servers", resumed));
     assert_eq!(tally.failed.load(Relaxed), 0);
     assert!(
-        metric_sum(&router, "mvllm_ejections_total").await >= 1.0,
+        common::series(&router.metrics().await, "mvllm_ejections_total", &[]) >= 1.0,
         "it was ejected"
     );
     assert!(tally.ok.load(Relaxed) > 50);
@@ -190,7 +190,7 @@ async fn fault_modes_cost_nothing_while_a_healthy_server_exists() {
         Duration::from_secs(3),
     )
     .await;
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    let resumed = common::series(&router.metrics().await, "mvllm_streams_resumed_total", &[]);
     println!(
         "{}",
         tally.row("500s, 503s, resets, garbage and slow metrics", resumed)
@@ -198,22 +198,6 @@ async fn fault_modes_cost_nothing_while_a_healthy_server_exists() {
     assert_eq!(tally.failed.load(Relaxed), 0);
     assert_eq!(tally.cut.load(Relaxed), 0);
     assert!(tally.ok.load(Relaxed) > 50);
-}
-
-/// The sum of a metric's series in the router's /metrics.
-async fn metric_sum(router: &RouterProcess, name: &str) -> f64 {
-    let text = client()
-        .get(router.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 async fn set_faults(sims: &[&Sim], faults: Option<serde_json::Value>) {
@@ -240,8 +224,8 @@ async fn every_server_failing_at_once_then_recovering() {
 
     set_faults(&sims, Some(json!({"error_rate": 1.0, "error_status": 503}))).await;
     let (requests, attempts) = (
-        metric_sum(&router, "mvllm_requests_total").await,
-        metric_sum(&router, "mvllm_attempts_total").await,
+        common::series(&router.metrics().await, "mvllm_requests_total", &[]),
+        common::series(&router.metrics().await, "mvllm_attempts_total", &[]),
     );
     let outage = load(
         router.url.clone(),
@@ -251,10 +235,10 @@ async fn every_server_failing_at_once_then_recovering() {
     )
     .await;
     let (requests, attempts) = (
-        metric_sum(&router, "mvllm_requests_total").await - requests,
-        metric_sum(&router, "mvllm_attempts_total").await - attempts,
+        common::series(&router.metrics().await, "mvllm_requests_total", &[]) - requests,
+        common::series(&router.metrics().await, "mvllm_attempts_total", &[]) - attempts,
     );
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    let resumed = common::series(&router.metrics().await, "mvllm_streams_resumed_total", &[]);
     println!("{}", outage.row("every server failing (503)", resumed));
     println!("  during the outage: {requests} client requests, {attempts} upstream attempts");
     assert_eq!(outage.ok.load(Relaxed), 0);
@@ -272,7 +256,7 @@ async fn every_server_failing_at_once_then_recovering() {
         Duration::from_secs(1),
     )
     .await;
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    let resumed = common::series(&router.metrics().await, "mvllm_streams_resumed_total", &[]);
     println!("{}", after.row("after recovery", resumed));
     assert_eq!(after.failed.load(Relaxed), 0, "service resumes at once");
     assert!(recovered.elapsed() < Duration::from_secs(5));
@@ -385,7 +369,7 @@ async fn a_hundred_config_rewrites_under_load() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tally = run.await.unwrap();
-    let resumed = metric_sum(&router, "mvllm_streams_resumed_total").await;
+    let resumed = common::series(&router.metrics().await, "mvllm_streams_resumed_total", &[]);
     println!(
         "{}",
         tally.row("100 servers.toml rewrites (1 in 7 invalid)", resumed)

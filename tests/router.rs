@@ -507,13 +507,6 @@ async fn binary_upgrade_hands_over_without_dropping_a_request() {
     assert_eq!(status, 200);
 }
 
-/// Replaces a file the way editors save: write a new file, rename it over the old one.
-fn save_like_an_editor(path: &std::path::Path, text: &str) {
-    let temp = path.with_extension("swp");
-    std::fs::write(&temp, text).unwrap();
-    std::fs::rename(&temp, path).unwrap();
-}
-
 fn servers_toml(servers: &[(&str, u32)]) -> String {
     let mut toml = String::from("[servers]\nservers = [\n");
     for (url, capacity) in servers {
@@ -533,7 +526,7 @@ async fn servers_toml_reloads_without_a_restart() {
     assert_eq!(status, 404, "qwen is not served yet");
 
     // Add b.
-    save_like_an_editor(
+    common::save_like_an_editor(
         router.config_path(),
         &servers_toml(&[(&a.url, 4), (&b.url, 4)]),
     );
@@ -542,7 +535,7 @@ async fn servers_toml_reloads_without_a_restart() {
     assert_eq!(status, 200, "{body}");
 
     // A broken edit changes nothing.
-    save_like_an_editor(
+    common::save_like_an_editor(
         router.config_path(),
         "[servers]\nservers = [{ url = \"gpu-9\" }]\n",
     );
@@ -554,7 +547,7 @@ async fn servers_toml_reloads_without_a_restart() {
     );
 
     // Remove a.
-    save_like_an_editor(router.config_path(), &servers_toml(&[(&b.url, 4)]));
+    common::save_like_an_editor(router.config_path(), &servers_toml(&[(&b.url, 4)]));
     let deadline = Instant::now() + Duration::from_secs(10);
     while get_json(router.at("/health")).await["total_servers"] != 1 {
         assert!(Instant::now() < deadline, "a was never removed");

@@ -11,13 +11,6 @@ use common::{client, get_json, send_json, servers_file, signal, RouterProcess, S
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-/// Replaces a file the way editors save: write a new file, rename it over the old one.
-fn save_like_an_editor(path: &std::path::Path, text: &str) {
-    let temp = path.with_extension("swp");
-    std::fs::write(&temp, text).unwrap();
-    std::fs::rename(&temp, path).unwrap();
-}
-
 fn last_check(health: &Value, server: usize) -> Option<SystemTime> {
     humantime::parse_rfc3339(health["servers"][server]["last_check"].as_str()?).ok()
 }
@@ -113,7 +106,7 @@ async fn an_edited_entry_keeps_its_requests_in_flight() {
     let stats = get_json(router.at("/load-stats")).await;
     assert_eq!(stats["servers"][0]["router_in_flight"], 1);
 
-    save_like_an_editor(router.config_path(), &servers_file(&[(&sim.url, 8)], lines));
+    common::save_like_an_editor(router.config_path(), &servers_file(&[(&sim.url, 8)], lines));
     let stats = wait_for(
         "the new capacity",
         |s| s["servers"][0]["max_capacity"] == 8,
@@ -204,7 +197,7 @@ async fn servers_toml_is_read_once_so_an_edit_during_start_up_is_applied() {
     let (connection, _) = tokio::task::spawn_blocking(move || stall.accept().unwrap())
         .await
         .unwrap();
-    save_like_an_editor(
+    common::save_like_an_editor(
         &path,
         &servers_file(&[(&stall_url, 4), (&sim.url, 4)], lines),
     );
@@ -303,7 +296,7 @@ impl Drop for KillOnDrop {
 async fn a_refused_edit_is_shown_in_health_until_a_valid_one_arrives() {
     let sim = Sim::start(&["--itl-ms", "1"]).await;
     let router = RouterProcess::start(&[(&sim.url, 4)], "").await;
-    save_like_an_editor(
+    common::save_like_an_editor(
         router.config_path(),
         &servers_file(&[(&sim.url, 4)], "max_retries = -1\n"),
     );
@@ -319,7 +312,7 @@ async fn a_refused_edit_is_shown_in_health_until_a_valid_one_arrives() {
         "{error}"
     );
     assert_eq!(health["healthy_servers"], 1, "the running config stays");
-    save_like_an_editor(
+    common::save_like_an_editor(
         router.config_path(),
         &servers_file(&[(&sim.url, 4)], "max_retries = 1\n"),
     );

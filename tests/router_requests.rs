@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, get_json, send_json, RouterProcess, Sim};
+use common::{client, get_json, send_json, series, RouterProcess, Sim};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -14,43 +14,17 @@ fn chat(content: &str, max_tokens: u32) -> Value {
     json!({"model": "mvllm/sim-model", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
 }
 
-/// The value of one series in a Prometheus text exposition (0 if absent): `name` and every
-/// `label="value"` pair in `labels` must match.
-fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// `/metrics` once `ready` accepts it. A request is recorded when its context is dropped,
 /// just after its answer went out, so a client can be a moment ahead of the counters.
 async fn metrics_when(router: &RouterProcess, ready: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = metrics(router).await;
+        let text = router.metrics().await;
         if ready(&text) || Instant::now() > deadline {
             return text;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn metrics(router: &RouterProcess) -> String {
-    client()
-        .get(router.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -371,7 +345,7 @@ async fn a_stream_cut_by_request_timeout_is_a_timeout_not_a_success() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = metrics(&router).await;
+        let text = router.metrics().await;
         if series(&text, "mvllm_requests_total", &[("outcome", "timeout")]) == 1.0 {
             assert_eq!(
                 series(&text, "mvllm_requests_total", &[("outcome", "ok")]),
@@ -609,7 +583,7 @@ async fn a_server_that_keeps_failing_is_ejected_but_never_the_last_one() {
         let r = send_json(router.at("/v1/chat/completions"), &chat("hi", 1)).await;
         assert_eq!(r.status(), 200);
     }
-    let text = metrics(&router).await;
+    let text = router.metrics().await;
     let on_broken = series(&text, "mvllm_attempts_total", &[("server", &broken.url)]);
     println!("30 requests: {on_broken} attempts on the broken server");
     // Without ejection about half the requests would try it first (ties are random).
@@ -697,7 +671,7 @@ async fn with_resume_streams_a_broken_stream_goes_on_on_another_server() {
             assert!(openings <= 1, "one opening: {text}");
         }
     }
-    let text = metrics(&router).await;
+    let text = router.metrics().await;
     let resumed = series(&text, "mvllm_streams_resumed_total", &[]);
     println!("{resumed} of 40 streams were resumed on another server");
     assert!(resumed >= 1.0);

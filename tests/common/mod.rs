@@ -587,3 +587,39 @@ impl Drop for Upgrade {
         std::fs::remove_dir_all(&self.dir).ok();
     }
 }
+
+/// Replaces a file the way editors save: write a new file, rename it over the old one.
+pub fn save_like_an_editor(path: &std::path::Path, text: &str) {
+    let temp = path.with_extension("swp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// The value of one series in a Prometheus text exposition (summed over the series that
+/// match; 0 if none): `name`, and every `label="value"` pair in `labels`.
+pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+impl RouterProcess {
+    /// The router's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
