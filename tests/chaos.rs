@@ -347,9 +347,7 @@ async fn a_hundred_config_rewrites_under_load() {
                 &format!("{lines}max_retries = {}\n", i % 4 + 1),
             )
         };
-        let temp = path.with_extension("swp");
-        std::fs::write(&temp, text).unwrap();
-        std::fs::rename(&temp, &path).unwrap();
+        common::save_like_an_editor(&path, &text);
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     // The last file (i = 99: set 3, servers c and a) is followed within a second.

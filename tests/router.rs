@@ -507,16 +507,6 @@ async fn binary_upgrade_hands_over_without_dropping_a_request() {
     assert_eq!(status, 200);
 }
 
-fn servers_toml(servers: &[(&str, u32)]) -> String {
-    let mut toml = String::from("[servers]\nservers = [\n");
-    for (url, capacity) in servers {
-        toml.push_str(&format!(
-            "  {{ url = \"{url}\", max_concurrent_requests = {capacity} }},\n"
-        ));
-    }
-    toml + "]\n[config]\nmetrics_interval = 0.2\n"
-}
-
 #[tokio::test]
 async fn servers_toml_reloads_without_a_restart() {
     let a = Sim::start(&["--itl-ms", "1", "--served-model-name", "llama"]).await;
@@ -528,7 +518,7 @@ async fn servers_toml_reloads_without_a_restart() {
     // Add b.
     common::save_like_an_editor(
         router.config_path(),
-        &servers_toml(&[(&a.url, 4), (&b.url, 4)]),
+        &common::servers_file(&[(&a.url, 4), (&b.url, 4)], ""),
     );
     router.wait_healthy(2).await;
     let (status, body) = post(&router, "/v1/chat/completions", &chat("qwen", 1)).await;
@@ -547,7 +537,10 @@ async fn servers_toml_reloads_without_a_restart() {
     );
 
     // Remove a.
-    common::save_like_an_editor(router.config_path(), &servers_toml(&[(&b.url, 4)]));
+    common::save_like_an_editor(
+        router.config_path(),
+        &common::servers_file(&[(&b.url, 4)], ""),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while get_json(router.at("/health")).await["total_servers"] != 1 {
         assert!(Instant::now() < deadline, "a was never removed");
