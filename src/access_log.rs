@@ -182,14 +182,8 @@ impl Line for Json<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Finish;
+    use crate::context::tests::NoFinish as Nowhere;
     use std::sync::Arc;
-
-    struct Nowhere;
-    impl Finish for Nowhere {
-        fn started(&self) {}
-        fn finished(&self, _: &RequestContext) {}
-    }
 
     fn request(model: &str) -> RequestContext {
         let mut ctx = RequestContext::new(Arc::new(Nowhere));

@@ -15,6 +15,7 @@ use pingora::http::{Method, RequestHeader};
 use smallvec::SmallVec;
 
 use crate::backend::{Backend, InFlight, ServerState};
+use crate::decisions::Candidate;
 use crate::features::RequestFeatures;
 use crate::request_id::{self, RequestId};
 use crate::retry::AttemptResult;
@@ -126,6 +127,8 @@ pub struct Attempt {
     pub result: Option<AttemptResult>,
     /// What went wrong, in words, for the logs.
     pub why: Option<String>,
+    /// The servers it was chosen among, with their scores (only while `explain`).
+    pub candidates: Vec<Candidate>,
 }
 
 impl Attempt {
@@ -175,6 +178,10 @@ pub struct RequestContext {
     pub usage: Usage,
     /// Whether a stream broken off by its server was completed by another (resume.rs).
     pub resumed: bool,
+    /// Whether routing decisions are kept for the monitor's why view (decisions.rs).
+    pub explain: bool,
+    /// The candidates of the attempt about to begin (only while `explain`).
+    pub next_candidates: Vec<Candidate>,
     finish: Arc<dyn Finish>,
 }
 
@@ -198,6 +205,8 @@ impl RequestContext {
             outcome: Outcome::Unfinished,
             usage: Usage::default(),
             resumed: false,
+            explain: false,
+            next_candidates: Vec::new(),
             finish,
         }
     }
@@ -220,6 +229,7 @@ impl RequestContext {
             header: None,
             result: None,
             why: None,
+            candidates: std::mem::take(&mut self.next_candidates),
         });
         let last = self.attempts.len() - 1;
         &mut self.attempts[last]
@@ -294,5 +304,18 @@ impl Drop for RequestContext {
             attempt.in_flight.end();
         }
         self.finish.finished(self);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A `Finish` that records nothing, for tests that make contexts.
+    pub struct NoFinish;
+
+    impl Finish for NoFinish {
+        fn started(&self) {}
+        fn finished(&self, _: &RequestContext) {}
     }
 }

@@ -71,6 +71,7 @@ pub fn demo(args: DemoArgs, log_format: crate::logging::LogFormat) -> anyhow::Re
             port,
             console: true,
             no_access_log: false,
+            log_file: None,
             conf: None,
             daemon: false,
             upgrade: false,

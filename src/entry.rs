@@ -24,6 +24,7 @@ use crate::api;
 use crate::backend::ServerView;
 use crate::cluster::Cluster;
 use crate::context::{Finish, LocalRoute, RequestContext};
+use crate::decisions::DecisionLog;
 use crate::forward;
 use crate::openai::ApiError;
 use crate::respond;
@@ -32,15 +33,22 @@ use crate::respond;
 pub struct Recorder {
     cluster: Arc<Cluster>,
     access_log: Option<AccessLog>,
+    /// The monitor's why view, while it runs.
+    decisions: Option<DecisionLog>,
     /// Requests being answered right now (the drain on shutdown waits for 0).
     active: AtomicUsize,
 }
 
 impl Recorder {
-    pub fn new(cluster: Arc<Cluster>, access_log: Option<AccessLog>) -> Recorder {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        access_log: Option<AccessLog>,
+        decisions: Option<DecisionLog>,
+    ) -> Recorder {
         Recorder {
             cluster,
             access_log,
+            decisions,
             active: AtomicUsize::new(0),
         }
     }
@@ -59,6 +67,9 @@ impl Finish for Recorder {
         self.cluster.stats().record(request);
         if let Some(log) = &self.access_log {
             log.write(request);
+        }
+        if let Some(decisions) = &self.decisions {
+            decisions.record(request, self.cluster.snapshot().policy.name());
         }
         self.active.fetch_sub(1, Relaxed);
     }
@@ -162,7 +173,9 @@ impl ProxyHttp for Router {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> RequestContext {
-        RequestContext::new(Arc::clone(&self.recorder) as Arc<dyn Finish>)
+        let mut ctx = RequestContext::new(Arc::clone(&self.recorder) as Arc<dyn Finish>);
+        ctx.explain = self.recorder.decisions.is_some();
+        ctx
     }
 
     async fn request_filter(

@@ -17,6 +17,7 @@ use pingora::prelude::Session;
 use crate::backend::Backend;
 use crate::cluster::{Cluster, Snapshot};
 use crate::context::{Outcome, RequestContext};
+use crate::decisions;
 use crate::features::{self, BodyError};
 use crate::headers;
 use crate::openai::ApiError;
@@ -81,8 +82,15 @@ pub async fn forward(
     loop {
         let chosen = {
             let model = ctx.features.model.as_deref();
-            policy::eligible(&snapshot.backends, model, |b| ctx.tried(b))
-                .map(|candidates| snapshot.policy.pick(&candidates, &ctx.features))
+            policy::eligible(&snapshot.backends, model, |b| ctx.tried(b)).map(|candidates| {
+                let chosen = snapshot.policy.pick(&candidates, &ctx.features);
+                if ctx.explain {
+                    let policy = &*snapshot.policy;
+                    let scored = decisions::scores(policy, &candidates, chosen, &ctx.features);
+                    ctx.next_candidates = scored;
+                }
+                chosen
+            })
         };
         let backend = match chosen {
             Ok(backend) => backend,

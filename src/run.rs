@@ -24,14 +24,19 @@ use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::prelude::{http_proxy_service, Opt};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs as PingoraRunArgs, Server, ShutdownWatch};
+use pingora::server::{
+    RunArgs as PingoraRunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+    UnixShutdownSignalWatch,
+};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::access_log::AccessLog;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::decisions;
 use crate::entry::{Recorder, Router};
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogFormat, LogPane, LogTarget};
+use crate::monitor::{Monitor, Quit, Sources};
 use crate::poller::Poller;
 use crate::stats::Stats;
 use crate::watcher::ConfigWatcher;
@@ -54,6 +59,10 @@ pub struct RunArgs {
     /// No access log, even in console mode.
     #[arg(long)]
     pub no_access_log: bool,
+    /// Append the logs to this file instead of writing them to stderr (with the monitor,
+    /// besides its log pane).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     /// Pingora server settings (YAML): threads, grace periods, pid file, upgrade socket.
     /// Without it, the settings of conf/mvllm.yaml are built in.
     #[arg(long, value_name = "YAML", help_heading = "Pingora")]
@@ -69,6 +78,9 @@ pub struct RunArgs {
     #[arg(long, short, help_heading = "Pingora")]
     pub test: bool,
 }
+
+/// Routing decisions the monitor's why view keeps.
+const DECISIONS_KEPT: usize = 200;
 
 /// conf/mvllm.yaml, compiled in: the built-in Pingora settings are that file, exactly.
 const BUILT_IN_CONF: &str = include_str!("../conf/mvllm.yaml");
@@ -128,12 +140,20 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         args.config.display()
     );
     let console = args.console || !std::io::stdout().is_terminal();
+    // The fullscreen monitor: on a terminal, unless --console (or --daemon) says otherwise.
+    let monitored = !console && !daemon;
     if daemon {
         println!("{ready_line} (as a daemon, pid file {})", conf.pid_file);
         crate::daemon::detach(&conf)?;
     }
 
-    let logs = logging::init(log_format);
+    let pane = LogPane::default();
+    let target = match (&args.log_file, monitored) {
+        (file, true) => LogTarget::Pane(pane.clone(), file.as_deref()),
+        (Some(file), false) => LogTarget::File(file),
+        (None, false) => LogTarget::Stderr,
+    };
+    let logs = logging::init_to(log_format, target)?;
     for (key, why) in &config.ignored {
         tracing::warn!(
             "{}: {key} is accepted but has no effect ({why})",
@@ -163,7 +183,18 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let access_wanted = tracing::enabled!(target: "access", tracing::Level::INFO);
     let access_log = (console && !args.no_access_log && access_wanted)
         .then(|| AccessLog::new(logs.format, logs.writer.clone()));
-    let recorder = Arc::new(Recorder::new(Arc::clone(&cluster), access_log));
+    let (decision_log, recent_decisions) = match monitored {
+        true => {
+            let (log, recent) = decisions::channel(DECISIONS_KEPT);
+            (Some(log), Some(recent))
+        }
+        false => (None, None),
+    };
+    let recorder = Arc::new(Recorder::new(
+        Arc::clone(&cluster),
+        access_log,
+        decision_log,
+    ));
     let admin = cluster.snapshot().settings.admin_address;
     let router = Router::new(
         Arc::clone(&cluster),
@@ -187,7 +218,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     server.add_service(background_service(
         "drain",
         Drain {
-            recorder,
+            recorder: Arc::clone(&recorder),
             drained: stopped.clone(),
         },
     ));
@@ -195,14 +226,32 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     if !daemon {
         println!("{ready_line}");
     }
+    let quit = Arc::new(Quit::default());
+    let monitor = match recent_decisions {
+        Some(decisions) => Some(Monitor::start(Sources {
+            cluster: Arc::clone(&cluster),
+            recorder,
+            decisions,
+            log: pane,
+            address: shown,
+            quit: Arc::clone(&quit),
+        })?),
+        None => None,
+    };
+    let signals = Signals { quit };
     std::thread::Builder::new()
         .name("pingora".into())
         .spawn(move || {
-            server.run(PingoraRunArgs::default());
+            server.run(PingoraRunArgs {
+                shutdown_signal: Box::new(signals),
+            });
             let _ = stopped.send(());
         })
         .context("cannot start the server thread")?;
     let _ = wait_stopped.recv();
+    if let Some(monitor) = monitor {
+        monitor.stop();
+    }
     tracing::info!("stopped");
     println!("mvllm: stopped");
     drop(logs);
@@ -237,6 +286,22 @@ pub(crate) fn free_port(host: &str) -> anyhow::Result<u16> {
     let listener =
         TcpListener::bind((host, 0)).with_context(|| format!("cannot listen on {host}"))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// What stops the router: the Unix signals Pingora watches (SIGTERM drains, SIGQUIT hands
+/// over to an upgrade, SIGINT stops at once), and `q` in the monitor, taken as a SIGTERM.
+struct Signals {
+    quit: Arc<Quit>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        tokio::select! {
+            signal = UnixShutdownSignalWatch.recv() => signal,
+            () = self.quit.requested() => ShutdownSignal::GracefulTerminate,
+        }
+    }
 }
 
 /// Says "stopped" as soon as a graceful shutdown (SIGTERM, or the old process of an upgrade)

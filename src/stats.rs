@@ -342,14 +342,41 @@ impl ModelStats {
 }
 
 /// Totals of one server, for `/load-stats` and the monitor.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerTotals {
     pub requests: u64,
     pub attempts: u64,
     pub retries: u64,
     pub errors: u64,
+    /// Completion tokens, as the answers reported them.
+    pub completion_tokens: u64,
     /// Median time to first token, from the histogram's buckets (their upper bound).
     pub ttft_p50: Option<f64>,
+    /// The time-to-first-token histogram of all its models: (upper bound, cumulative count),
+    /// for the monitor's recent percentiles.
+    pub ttft_buckets: Vec<(f64, u64)>,
+}
+
+/// The `q` quantile (0 to 1) of the observations between two readings of a cumulative
+/// histogram (`before` may be empty: from the start), interpolated linearly inside its bucket
+/// as Prometheus' `histogram_quantile` does. `None` if nothing was observed in between.
+pub fn quantile_between(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let count_at = |i: usize| after[i].1.saturating_sub(before.get(i).map_or(0, |b| b.1));
+    let total = count_at(after.len().checked_sub(1)?);
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for (i, &(bound, _)) in after.iter().enumerate() {
+        let count = count_at(i);
+        if count as f64 >= rank && count > below {
+            let fraction = (rank - below as f64) / (count - below) as f64;
+            return Some(lower + (bound - lower) * fraction.clamp(0.0, 1.0));
+        }
+        (lower, below) = (bound, count);
+    }
+    Some(lower)
 }
 
 impl ServerStats {
@@ -506,7 +533,9 @@ impl ServerStats {
             attempts: self.attempts.get().map_or(0, IntCounter::get),
             retries: self.retries.get().map_or(0, IntCounter::get),
             errors,
+            completion_tokens: models.iter().map(|m| m.completion_tokens.get()).sum(),
             ttft_p50,
+            ttft_buckets: merged,
         }
     }
 }
@@ -602,4 +631,23 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
 /// Renders a duration for logs and JSON: milliseconds with two decimals.
 pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_observations_between_two_readings() {
+        let bounds = [0.1, 0.5, 1.0];
+        let at = |counts: [u64; 3]| -> Vec<(f64, u64)> { bounds.into_iter().zip(counts).collect() };
+        // From the start: 4 observations in (0.1, 0.5], the median is inside that bucket.
+        let p50 = quantile_between(&[], &at([0, 4, 4]), 0.5).unwrap();
+        assert!((p50 - 0.3).abs() < 1e-9, "{p50}");
+        // Between two readings only the new ones count: 2 more, both in (0.5, 1.0].
+        let p50 = quantile_between(&at([0, 4, 4]), &at([0, 4, 6]), 0.5).unwrap();
+        assert!((0.5..=1.0).contains(&p50), "{p50}");
+        assert_eq!(quantile_between(&at([1, 2, 3]), &at([1, 2, 3]), 0.5), None);
+        assert_eq!(quantile_between(&[], &[], 0.5), None);
+    }
 }

@@ -34,6 +34,10 @@ impl Policy for LeastLoad {
         }
         chosen
     }
+
+    fn score(&self, backend: &Backend, _request: &RequestFeatures) -> f64 {
+        backend.score()
+    }
 }
 
 #[cfg(test)]

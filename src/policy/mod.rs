@@ -22,6 +22,10 @@ pub trait Policy: Send + Sync {
 
     /// Picks one of `candidates`, which is never empty.
     fn pick<'a>(&self, candidates: &[&'a Backend], request: &RequestFeatures) -> &'a Backend;
+
+    /// The figure this policy compares for `backend` (lower is better), as the monitor's why
+    /// view shows it.
+    fn score(&self, backend: &Backend, request: &RequestFeatures) -> f64;
 }
 
 /// The policies `[routing] policy` may name.
