@@ -33,6 +33,11 @@ ensure_build_tools() {
   fi
 }
 
+# tmux: the monitor's tests run mvllm in a real terminal and read its screen.
+ensure_test_tools() {
+  command -v tmux >/dev/null 2>&1 || apt_install tmux
+}
+
 # A virtualenv in .venv with the Python test packages (the real OpenAI SDK among them).
 ensure_python_env() {
   if ! command -v python3 >/dev/null 2>&1; then

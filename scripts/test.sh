@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests, then the OpenAI Python SDK tests.
-# Installs what it needs first (cmake and a C compiler via apt-get, Python packages into .venv).
+# Installs what it needs first (cmake, a C compiler and tmux via apt-get, Python packages into
+# .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_build_tools
+ensure_test_tools
 ensure_python_env
 
 cargo build --locked --bins

@@ -101,6 +101,8 @@ impl Cluster {
         let policy = next.policy.name();
         let restart = if next.settings.admin_address != old.settings.admin_address {
             "; admin_address changes at the next start"
+        } else if next.settings.otlp_endpoint != old.settings.otlp_endpoint {
+            "; otlp_endpoint changes at the next start"
         } else {
             ""
         };

@@ -19,6 +19,7 @@ use crate::decisions::Candidate;
 use crate::features::RequestFeatures;
 use crate::request_id::{self, RequestId};
 use crate::retry::AttemptResult;
+use crate::traces::RequestTrace;
 use crate::usage::Usage;
 
 /// Where finished requests go (the stats hub and the access log; see entry.rs). A trait so
@@ -182,6 +183,8 @@ pub struct RequestContext {
     pub explain: bool,
     /// The candidates of the attempt about to begin (only while `explain`).
     pub next_candidates: Vec<Candidate>,
+    /// Its spans, when traces are on (traces.rs).
+    pub trace: Option<Box<RequestTrace>>,
     finish: Arc<dyn Finish>,
 }
 
@@ -207,6 +210,7 @@ impl RequestContext {
             resumed: false,
             explain: false,
             next_candidates: Vec::new(),
+            trace: None,
             finish,
         }
     }
@@ -221,9 +225,13 @@ impl RequestContext {
 
     /// Starts an attempt on `backend`: it counts in the server's load from now on.
     pub fn begin_attempt(&mut self, backend: &Backend) -> &mut Attempt {
+        let started = Instant::now();
+        if let Some(trace) = &mut self.trace {
+            trace.begin_attempt(&backend.cfg.url, self.attempts.len() + 1, started);
+        }
         self.attempts.push(Attempt {
             in_flight: backend.state.start_request(),
-            started: Instant::now(),
+            started,
             connected: None,
             sent: None,
             header: None,
@@ -302,6 +310,9 @@ impl Drop for RequestContext {
         self.ended.get_or_insert_with(Instant::now);
         for attempt in &mut self.attempts {
             attempt.in_flight.end();
+        }
+        if let Some(trace) = self.trace.take() {
+            trace.end(self);
         }
         self.finish.finished(self);
     }

@@ -28,6 +28,7 @@ use crate::decisions::DecisionLog;
 use crate::forward;
 use crate::openai::ApiError;
 use crate::respond;
+use crate::traces::Traces;
 
 /// Where finished requests are recorded, and how many are being answered.
 pub struct Recorder {
@@ -82,6 +83,8 @@ pub struct Router {
     recorder: Arc<Recorder>,
     /// The admin listener (`admin_address`, read at start), if there is one.
     admin: Option<SocketAddr>,
+    /// The trace exporter, when traces are on.
+    traces: Option<Arc<Traces>>,
 }
 
 impl Router {
@@ -90,12 +93,14 @@ impl Router {
         connector: Connector,
         recorder: Arc<Recorder>,
         admin: Option<SocketAddr>,
+        traces: Option<Arc<Traces>>,
     ) -> Router {
         Router {
             cluster,
             connector,
             recorder,
             admin,
+            traces,
         }
     }
 
@@ -128,6 +133,9 @@ impl Router {
             _ if admin => LocalRoute::NotFound,
             (&Method::GET, "/v1/models") => LocalRoute::Models,
             (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => {
+                if let Some(traces) = &self.traces {
+                    ctx.trace = Some(Box::new(traces.begin(ctx, &header.headers)));
+                }
                 return forward::forward(session, ctx, &self.cluster, &snapshot, &self.connector)
                     .await;
             }

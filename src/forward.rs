@@ -157,6 +157,7 @@ async fn attempt(
         backend,
         &ctx.features.body,
         &ctx.id,
+        ctx.trace.as_ref().and_then(|t| t.traceparent()),
         first_byte_deadline,
     )
     .await;
@@ -293,6 +294,7 @@ async fn resume_stream(
             backend,
             &body,
             &ctx.id,
+            ctx.trace.as_ref().and_then(|t| t.traceparent()),
             first_byte_deadline,
         )
         .await;

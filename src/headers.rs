@@ -39,6 +39,8 @@ const SET_ON_REQUEST: &[&str] = &[
 ];
 
 const REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
+/// W3C trace context (traces.rs).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The routing headers (`expose_routing_headers`): which server answered, after how many
 /// attempts.
@@ -75,11 +77,13 @@ impl ServerHeaders {
 }
 
 /// The request as it goes to a server.
+/// `traceparent`, when traces are on, names the attempt's span and replaces the client's.
 pub fn upstream_request(
     original: &RequestHeader,
     server: &ServerHeaders,
     body_len: usize,
     request_id: &RequestId,
+    traceparent: Option<&HeaderValue>,
 ) -> RequestHeader {
     let mut headers = HeaderMap::with_capacity(original.headers.len() + 3);
     for (name, value) in original.headers.iter() {
@@ -91,10 +95,16 @@ pub fn upstream_request(
         if name == AUTHORIZATION && server.authorization.is_some() {
             continue;
         }
+        if name == TRACEPARENT && traceparent.is_some() {
+            continue;
+        }
         headers.append(name.clone(), value.clone());
     }
     headers.insert(HOST, server.host.clone());
     headers.insert(REQUEST_ID, request_id.header_value());
+    if let Some(traceparent) = traceparent {
+        headers.insert(TRACEPARENT, traceparent.clone());
+    }
     if let Some(key) = &server.authorization {
         headers.insert(AUTHORIZATION, key.clone());
     }
@@ -193,7 +203,8 @@ mod tests {
         ] {
             original.insert_header(name, value).unwrap();
         }
-        let up = upstream_request(&original, &server(None), 12, &id("id-1"));
+        original.insert_header("traceparent", "00-client").unwrap();
+        let up = upstream_request(&original, &server(None), 12, &id("id-1"), None);
         let get = |n: &str| up.headers.get(n).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(up.uri.to_string(), "/v1/chat/completions?x=1");
         assert_eq!(get("host").as_deref(), Some("10.0.0.5:8000"));
@@ -203,13 +214,21 @@ mod tests {
         assert_eq!(get("authorization").as_deref(), Some("Bearer client"));
         assert_eq!(get("accept").as_deref(), Some("text/event-stream"));
         assert_eq!(get("x-custom").as_deref(), Some("kept"));
+        assert_eq!(
+            get("traceparent").as_deref(),
+            Some("00-client"),
+            "traces off: passed on"
+        );
         assert_eq!((get("connection"), get("expect")), (None, None));
         let mut wire = Vec::new();
         up.header_to_h1_wire(&mut wire);
         let wire = String::from_utf8(wire).unwrap();
         assert!(wire.contains("Host: 10.0.0.5:8000\r\n"), "{wire}");
 
-        let up = upstream_request(&original, &server(Some("k")), 12, &id("id-1"));
+        let ours = HeaderValue::from_static("00-router");
+        let up = upstream_request(&original, &server(Some("k")), 12, &id("id-1"), Some(&ours));
+        assert_eq!(up.headers.get_all("traceparent").iter().count(), 1);
+        assert_eq!(up.headers.get("traceparent").unwrap(), "00-router");
         assert_eq!(
             up.headers.get_all("authorization").iter().count(),
             1,

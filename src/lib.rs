@@ -64,6 +64,7 @@ pub mod run;
 pub mod scrape;
 pub mod sim;
 pub mod stats;
+pub mod traces;
 pub mod upstream;
 pub mod usage;
 pub mod watcher;

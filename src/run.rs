@@ -39,6 +39,7 @@ use crate::logging::{self, LogFormat, LogPane, LogTarget};
 use crate::monitor::{Monitor, Quit, Sources};
 use crate::poller::Poller;
 use crate::stats::Stats;
+use crate::traces::Traces;
 use crate::watcher::ConfigWatcher;
 
 #[derive(Debug, Clone, Args)]
@@ -196,11 +197,14 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         decision_log,
     ));
     let admin = cluster.snapshot().settings.admin_address;
+    let otlp_endpoint = cluster.snapshot().settings.otlp_endpoint.clone();
+    let traces = Traces::start(otlp_endpoint.as_deref())?.map(Arc::new);
     let router = Router::new(
         Arc::clone(&cluster),
         connector,
         Arc::clone(&recorder),
         admin,
+        traces.clone(),
     );
     let mut proxy = http_proxy_service(&server.configuration, router);
     proxy.add_tcp(&address);
@@ -251,6 +255,9 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let _ = wait_stopped.recv();
     if let Some(monitor) = monitor {
         monitor.stop();
+    }
+    if let Some(traces) = traces {
+        traces.shutdown();
     }
     tracing::info!("stopped");
     println!("mvllm: stopped");

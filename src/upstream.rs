@@ -76,6 +76,7 @@ pub async fn request(
     backend: &Backend,
     body: &Bytes,
     request_id: &RequestId,
+    traceparent: Option<&http::HeaderValue>,
     first_byte_deadline: tokio::time::Instant,
 ) -> Result<Answer, NoAnswer> {
     let url = &backend.cfg.url;
@@ -105,6 +106,7 @@ pub async fn request(
         &backend.headers,
         body.len(),
         request_id,
+        traceparent,
     );
     let send = async {
         upstream.write_request_header(Box::new(header)).await?;

@@ -305,6 +305,38 @@ impl Kind for Secret {
     }
 }
 
+/// An optional HTTP endpoint of a collector: `http://HOST[:PORT][/PATH]`.
+pub struct Endpoint;
+
+impl Kind for Endpoint {
+    type Value = Option<String>;
+    fn default_value(&self) -> Option<String> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
+        let v: String = typed(value)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let uri: http::Uri = v
+            .parse()
+            .map_err(|_| ReadError::NotAllowed(format!("must be {}, got {v:?}", self.allowed())))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+            return Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v:?}",
+                self.allowed()
+            )));
+        }
+        Ok(Some(v.trim_end_matches('/').to_string()))
+    }
+    fn allowed(&self) -> String {
+        "http://HOST[:PORT][/PATH], e.g. \"http://127.0.0.1:4318\", or \"\" for none".into()
+    }
+    fn show(&self, value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| "none".into())
+    }
+}
+
 /// A server's address: `http://HOST[:PORT]`. Required (its default is "missing").
 pub struct ServerUrl;
 

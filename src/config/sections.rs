@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::key::{section, Flag, ListenAddress, OneOf, Seconds, Secret, ServerUrl, Url, Whole};
+use super::key::{
+    section, Endpoint, Flag, ListenAddress, OneOf, Seconds, Secret, ServerUrl, Url, Whole,
+};
 
 section! {
     /// One entry of `[servers] servers = [...]`.
@@ -73,6 +75,11 @@ section! {
         /// Serve `/metrics` and `/load-stats` on this address only (with `/health`, nothing else),
         /// to keep them off the public port. Read at start: a change needs a restart.
         admin_address: Option<std::net::SocketAddr> = ListenAddress,
+        /// Export a trace of every request to this OpenTelemetry collector (OTLP over HTTP,
+        /// protobuf; `/v1/traces` is added unless the path is given). Without it, the standard
+        /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) turns traces on. Read at
+        /// start: a change needs a restart.
+        otlp_endpoint: Option<String> = Endpoint,
     }
     ignored [
         "auto_recovery_threshold",
