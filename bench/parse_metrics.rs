@@ -5,38 +5,25 @@
 //! Input: the simulator's /metrics with 5 data-parallel engines (about 57 KB, vLLM's families,
 //! labels and `_created` series). Baseline: only splitting the same text into lines, the least
 //! any line-based parser must do. The ratio says what parsing costs on top of reading.
+#[path = "timing.rs"]
+mod timing;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+
+use timing::time_per_call;
 
 use mvllm::scrape::parse_metrics;
 use mvllm::sim::metrics::SimMetrics;
-
-fn time_per_call(mut f: impl FnMut()) -> Duration {
-    // Warm up, then take the best of 5 rounds of enough calls to last ~200 ms.
-    for _ in 0..200 {
-        f();
-    }
-    let mut best = Duration::MAX;
-    for _ in 0..5 {
-        let calls = 2_000;
-        let started = Instant::now();
-        for _ in 0..calls {
-            f();
-        }
-        best = best.min(started.elapsed() / calls);
-    }
-    best
-}
 
 fn main() {
     let text = SimMetrics::new("Qwen/Qwen3-8B", 5, 16, 8192).render();
     let parsed = parse_metrics(&text).expect("the simulator's metrics parse");
     assert_eq!(parsed.running, 0.0);
 
-    let parse = time_per_call(|| {
+    let parse = time_per_call(2_000, || {
         black_box(parse_metrics(black_box(&text)).ok());
     });
-    let lines = time_per_call(|| {
+    let lines = time_per_call(2_000, || {
         black_box(black_box(&text).split('\n').count());
     });
     let mb_per_s = text.len() as f64 / parse.as_secs_f64() / 1e6;

@@ -130,7 +130,7 @@ fn line_with<'a>(screen: &'a str, needle: &str) -> &'a str {
 async fn the_monitor_at(width: u16, height: u16) {
     let mut sims = Vec::new();
     for _ in 0..3 {
-        sims.push(Sim::start(&["--model", "llama", "--itl-ms", "1"]).await);
+        sims.push(Sim::start(&["--model", "llama", "--itl-ms", "20"]).await);
     }
     let servers: Vec<(&str, u32)> = sims.iter().map(|s| (s.url.as_str(), 4)).collect();
     let config = RouterProcess::write_config(&servers, "metrics_interval = 0.2\n");
@@ -218,8 +218,48 @@ async fn the_monitor_at(width: u16, height: u16) {
         .wait_for("back-again", |s| s.contains("SERVER"))
         .await;
 
-    // q: the router drains and exits with 0, and the terminal is as it was.
+    // The screen follows a resize: wider, the models column appears.
+    if width < 160 {
+        terminal.tmux(&["resize-window", "-t", "0", "-x", "130", "-y", "30"]);
+        let wider = terminal
+            .wait_for("resized", |s| {
+                s.lines()
+                    .any(|l| l.contains("SERVER") && l.contains("MODELS"))
+            })
+            .await;
+        assert!(wider.lines().all(|l| l.chars().count() <= 130));
+        let (w, h) = (width.to_string(), height.to_string());
+        terminal.tmux(&["resize-window", "-t", "0", "-x", &w, "-y", &h]);
+        terminal
+            .wait_for("resized-back", |s| {
+                s.lines()
+                    .any(|l| l.contains("SERVER") && !l.contains("MODELS"))
+            })
+            .await;
+    }
+
+    // q with a stream in flight: the router drains it (the footer says so), then exits with
+    // 0, and the terminal is as it was.
+    let stream = tokio::spawn(
+        client()
+            .post(format!("{router}/v1/chat/completions"))
+            .json(
+                &json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 150, "stream": true}),
+            )
+            .send(),
+    );
+    terminal
+        .wait_for("stream-in-flight", |s| s.contains("in flight 1"))
+        .await;
     terminal.press(&["q"]);
+    terminal
+        .wait_for("draining", |s| {
+            s.contains("draining: 1 request(s) in flight")
+        })
+        .await;
+    let streamed = stream.await.unwrap().unwrap().text().await.unwrap();
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
     // The shell's `echo EXIT=$?` (the command line itself says "EXIT=$?").
     let exit_line = |s: &str| {
         s.lines()
