@@ -95,7 +95,7 @@ pub fn upstream_request(
         if name == AUTHORIZATION && server.authorization.is_some() {
             continue;
         }
-        if name == TRACEPARENT && traceparent.is_some() {
+        if traceparent.is_some() && name == TRACEPARENT {
             continue;
         }
         headers.append(name.clone(), value.clone());

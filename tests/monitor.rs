@@ -134,11 +134,13 @@ async fn the_monitor_at(width: u16, height: u16) {
     }
     let servers: Vec<(&str, u32)> = sims.iter().map(|s| (s.url.as_str(), 4)).collect();
     let config = RouterProcess::write_config(&servers, "metrics_interval = 0.2\n");
+    let log_file = config.with_extension("log");
     let terminal = Terminal::open(width, height);
     terminal.type_line(&format!(
-        "{} run -c {} --port 0; echo EXIT=$?",
+        "{} run -c {} --port 0 --log-file {}; echo EXIT=$?",
         env!("CARGO_BIN_EXE_mvllm"),
-        config.display()
+        config.display(),
+        log_file.display()
     ));
 
     // Every server's row, healthy.
@@ -163,6 +165,23 @@ async fn the_monitor_at(width: u16, height: u16) {
         );
         assert!(line_with(&screen, host_port(&sims[0].url)).contains("llama"));
     }
+
+    // The log pane: the router's own log lines (its last ones: Pingora starting its
+    // services), inside the screen.
+    assert!(
+        !screen.contains(" INFO "),
+        "no log line outside the pane: {screen}"
+    );
+    terminal.press(&["l"]);
+    let pane = terminal
+        .wait_for("log-pane", |s| s.contains(" log ") && s.contains(" INFO "))
+        .await;
+    assert!(pane.contains("Starting service"), "{pane}");
+    assert!(pane.contains("q quit"), "the footer stays: {pane}");
+    terminal.press(&["l"]);
+    terminal
+        .wait_for("log-pane-closed", |s| !s.contains(" INFO "))
+        .await;
 
     // Requests through the router, then the why view names one.
     let router = address(&screen);
@@ -275,6 +294,12 @@ async fn the_monitor_at(width: u16, height: u16) {
         !after.contains("SERVER"),
         "the monitor's screen is gone: {after}"
     );
+    // The logs also went to --log-file, and none to the screen.
+    let logged = std::fs::read_to_string(&log_file).unwrap();
+    assert!(logged.contains("servers checked"), "{logged}");
+    assert!(logged.contains("q pressed"), "{logged}");
+    assert!(!after.contains("servers checked"), "{after}");
+    std::fs::remove_file(&log_file).ok();
     terminal.type_line(
         "stty -a | tr ' ' '\\n' | grep -x -e '-\\?icanon' -e '-\\?echo'; echo STTY-DONE",
     );

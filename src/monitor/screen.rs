@@ -518,8 +518,19 @@ fn draw_log(frame: &mut Frame, area: Rect, scene: &Scene) {
     let block = Block::new().borders(Borders::TOP).title(" log ");
     let inner = block.inner(area);
     let shown = &scene.log[scene.log.len().saturating_sub(inner.height as usize)..];
-    let lines: Vec<Line> = shown.iter().map(|l| Line::raw(l.as_str())).collect();
+    let lines: Vec<Line> = shown.iter().map(|l| Line::raw(compact(l))).collect();
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// A text log line with its time of day only (`2026-12-03T16:31:45.026944Z  INFO x` becomes
+/// `16:31:45  INFO x`): the pane is narrow, the date is today's. Other lines are kept whole.
+fn compact(line: &str) -> String {
+    let b = line.as_bytes();
+    if b.len() > 27 && b[4] == b'-' && b[10] == b'T' && b[26] == b'Z' && line.is_char_boundary(27) {
+        format!("{}{}", &line[11..19], &line[27..])
+    } else {
+        line.to_string()
+    }
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect, scene: &Scene) {
@@ -702,6 +713,16 @@ mod tests {
             text.contains("10.0.0.1:8000*=0.25 10.0.0.3:8000=0.50"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn log_lines_keep_their_time_of_day() {
+        assert_eq!(
+            compact("2026-12-03T16:31:45.026944Z  INFO mvllm::run: stopped"),
+            "16:31:45  INFO mvllm::run: stopped"
+        );
+        assert_eq!(compact("{\"level\":\"INFO\"}"), "{\"level\":\"INFO\"}");
+        assert_eq!(compact("short"), "short");
     }
 
     #[test]
