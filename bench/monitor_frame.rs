@@ -97,7 +97,10 @@ fn main() {
     let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
     let text = cluster.stats().render(&views, 0);
     let series = text.lines().filter(|l| !l.starts_with('#')).count();
-    println!("/metrics for {SERVERS} servers: {series} series, {} bytes", text.len());
+    println!(
+        "/metrics for {SERVERS} servers: {series} series, {} bytes",
+        text.len()
+    );
     println!("{SERVERS} servers, one monitor frame (sample + draw, 160x40): {frame:?}");
     println!("{SERVERS} servers, one /metrics render (baseline):            {metrics:?}");
     println!(
