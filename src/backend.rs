@@ -42,18 +42,30 @@ impl Backend {
         }
     }
 
-    /// The load estimate in request units: scraped running + 0.5 × scraped waiting + the
-    /// requests the router sent since that scrape.
+    /// The load estimate in request units, right whichever is fresher: the server's own
+    /// numbers or the router's.
     ///
-    /// Scraped numbers are up to one poll interval old. Without the correction every request
-    /// of a burst would see the same "least loaded" server and go to it; with it, each request
-    /// sent counts at once, and a burst spreads in proportion to capacity.
+    /// - From the server: scraped running + 0.5 × scraped waiting + the requests the router
+    ///   sent since that scrape. Scraped numbers are up to one poll interval old; without the
+    ///   correction every request of a burst would see the same "least loaded" server.
+    /// - From the router: its own requests in flight to the server are there whatever the
+    ///   server's `/metrics` says yet — a floor. vLLM's gauges lag its engine by up to seconds,
+    ///   so a scrape can still say "idle" while requests sent just before it run; the
+    ///   since-scrape correction no longer counts those. Up to capacity they count as
+    ///   running, beyond it as waiting.
+    ///
+    /// The estimate is the larger: the floor when the router is the only client and the
+    /// scrape lags, the scrape when other clients (or router replicas) add load.
     pub fn load_units(&self) -> f64 {
         let (running, waiting) = match &*self.state.load.load() {
             Some(s) => (s.running, s.waiting),
             None => (0.0, 0.0),
         };
-        running + 0.5 * waiting + f64::from(self.state.unscraped.load(Relaxed))
+        let scraped = running + 0.5 * waiting + f64::from(self.state.unscraped.load(Relaxed));
+        let in_flight = f64::from(self.state.in_flight());
+        let capacity = f64::from(self.cfg.max_concurrent_requests.max(1));
+        let floor = in_flight.min(capacity) + 0.5 * (in_flight - capacity).max(0.0);
+        scraped.max(floor)
     }
 
     /// The load score: [`load_units`](Self::load_units) over capacity. `/load-stats` shows it
@@ -440,6 +452,22 @@ pub(crate) mod tests {
             b.state.scrape_succeeded(sample(0.0, 0.0), &settings);
         }
         assert!(!b.state.is_healthy());
+    }
+
+    #[test]
+    fn the_routers_own_requests_are_a_floor_when_the_scrape_lags() {
+        let settings = Settings::default();
+        let b = healthy("http://a", 4, &["m"], 0.0);
+        let guards: Vec<_> = (0..6).map(|_| b.state.start_request()).collect();
+        // A lagging scrape still says idle: the six are counted anyway, four as running and
+        // two as waiting.
+        b.state.scrape_succeeded(sample(0.0, 0.0), &settings);
+        assert_eq!(b.load_units(), 5.0);
+        // Another client's load shows in the scrape: it wins when it is higher.
+        b.state.scrape_succeeded(sample(4.0, 8.0), &settings);
+        assert_eq!(b.load_units(), 8.0);
+        drop(guards);
+        assert_eq!(b.load_units(), 8.0, "the scrape stands until the next one");
     }
 
     #[test]

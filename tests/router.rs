@@ -161,6 +161,50 @@ async fn a_burst_splits_by_capacity() {
     assert!((6.0..=10.0).contains(&to_small), "{to_small}:{to_large}");
 }
 
+#[tokio::test]
+async fn a_burst_splits_by_capacity_while_metrics_lag() {
+    // Like vLLM's, these servers' /metrics lag their engines (by 3 s here); the router scrapes
+    // every 50 ms, so most of the burst is sent to servers whose last scrape says "idle".
+    let flags = [
+        "--itl-ms",
+        "100",
+        "--max-num-seqs",
+        "64",
+        "--fault-metrics-lag-ms",
+        "3000",
+    ];
+    let small = Sim::start(&flags).await;
+    let large = Sim::start(&flags).await;
+    let router = RouterProcess::start(
+        &[(&small.url, 4), (&large.url, 16)],
+        "metrics_interval = 0.05\n",
+    )
+    .await;
+    let mut requests = Vec::new();
+    for _ in 0..40 {
+        let r = client()
+            .post(router.at("/v1/chat/completions"))
+            .json(&chat("mvllm/sim-model", 20))
+            .send();
+        requests.push(tokio::spawn(r));
+        // Spread over 0.8 s: scrapes happen in between, each resetting the count of
+        // requests sent since the last one.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+    // Counted from the sims' own /metrics, without the lag.
+    for sim in [&small, &large] {
+        let cleared = client().delete(sim.at("/sim/faults")).send().await.unwrap();
+        assert!(cleared.status().is_success());
+    }
+    let (to_small, to_large) = (served(&small).await, served(&large).await);
+    println!("burst of 40 with lagging metrics split {to_small}:{to_large} over capacities 4:16");
+    assert_eq!(to_small + to_large, 40.0);
+    assert!((6.0..=10.0).contains(&to_small), "{to_small}:{to_large}");
+}
+
 /// A completion request body of exactly `size` bytes.
 fn body_of_size(size: usize) -> Vec<u8> {
     let head = br#"{"model":"mvllm/sim-model","max_tokens":1,"prompt":""#;

@@ -78,6 +78,10 @@ pub struct Faults {
         value_name = "MS"
     )]
     pub metrics_delay_ms: u64,
+    /// /metrics shows the numbers as they were this long ago, in milliseconds (vLLM's gauges
+    /// lag its engine by up to seconds).
+    #[arg(long = "fault-metrics-lag-ms", default_value_t = 0, value_name = "MS")]
+    pub metrics_lag_ms: u64,
     /// Serve these model names instead of the configured ones (on /v1/models and for routing
     /// requests), as if the server had been restarted with another model.
     #[arg(long = "fault-models", value_delimiter = ',', num_args = 1.., value_name = "NAMES")]
@@ -95,6 +99,7 @@ impl Default for Faults {
             cut_stream_after: None,
             metrics: MetricsFault::Ok,
             metrics_delay_ms: 0,
+            metrics_lag_ms: 0,
             models: None,
         }
     }

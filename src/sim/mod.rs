@@ -15,13 +15,14 @@
 //! - `inference`: the chat, completion and embedding handlers.
 //! - `server`: connections, routes, API key, the small endpoints.
 //! - `faults`: fault injection for reliability tests.
-//! - `metrics`: vLLM's Prometheus families.
+//! - `metrics`: vLLM's Prometheus families; `lagged`: the same, served late on purpose.
 
 pub mod args;
 pub mod engine;
 pub mod faults;
 pub mod inference;
 pub mod kv_cache;
+pub mod lagged;
 pub mod metrics;
 pub mod protocol;
 pub mod scheduler;

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
@@ -26,6 +26,7 @@ use super::args::SimConfig;
 use super::engine::Engines;
 use super::faults::{Action, FaultState, Faults, MetricsFault};
 use super::inference;
+use super::lagged::{keep_history, MetricsHistory};
 use super::metrics::SimMetrics;
 use super::protocol::{ModelCard, ModelList, ModelPermission};
 use super::tokenizer::splitmix64;
@@ -40,6 +41,8 @@ pub struct SimState {
     pub engines: Engines,
     pub metrics: SimMetrics,
     pub faults: FaultState,
+    /// Past renderings of /metrics, while `metrics_lag_ms` is set (lagged.rs).
+    pub lagged: MetricsHistory,
     /// Unix time the server started (`created` of model cards).
     pub started: u64,
     ids: AtomicU64,
@@ -59,14 +62,17 @@ impl SimState {
         let engines = Engines::start(cfg.engines, cfg.shape, cfg.cost, &metrics);
         let faults = FaultState::new(cfg.faults.clone(), cfg.seed);
         let started = unix_now();
-        Arc::new(SimState {
+        let state = Arc::new(SimState {
             engines,
             metrics,
             faults,
+            lagged: MetricsHistory::default(),
             started,
             ids: AtomicU64::new(splitmix64(started ^ std::process::id() as u64)),
             cfg,
-        })
+        });
+        keep_history(Arc::downgrade(&state));
+        state
     }
 
     /// The names requests may use: served names and LoRA adapters, or the fault override.
@@ -270,6 +276,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
     }
     let text_plain = "text/plain; version=0.0.4; charset=utf-8";
     match faults.metrics {
+        MetricsFault::Ok if faults.metrics_lag_ms > 0 => {
+            let then = Instant::now().checked_sub(Duration::from_millis(faults.metrics_lag_ms));
+            let text = then.and_then(|t| state.lagged.as_of(t));
+            let text = text.map_or_else(|| state.metrics.render(), |t| t.to_string());
+            ([(header::CONTENT_TYPE, text_plain)], text).into_response()
+        }
         MetricsFault::Ok => {
             ([(header::CONTENT_TYPE, text_plain)], state.metrics.render()).into_response()
         }
