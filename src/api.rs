@@ -56,7 +56,7 @@ pub fn health(snapshot: &Snapshot, config_error: Option<&str>) -> (u16, Value) {
             "health_check_interval": settings.health_check_interval.as_secs_f64(),
             "failure_threshold": settings.failure_threshold,
             "recovery_threshold": settings.recovery_threshold,
-            "policy": snapshot.policy.name(),
+            "policy": snapshot.policy.describe(),
         },
     });
     (if healthy > 0 { 200 } else { 503 }, body)
@@ -108,7 +108,12 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
     let capacity: u64 = healthy.iter().map(|v| u64::from(v.capacity)).sum();
     let in_flight: u32 = healthy.iter().map(|v| v.in_flight).sum();
     json!({
-        "policy": snapshot.policy.name(),
+        "policy": snapshot.policy.default_policy().describe(),
+        "model_policies": snapshot
+            .policy
+            .per_model()
+            .map(|(model, policy)| (model.to_string(), json!(policy)))
+            .collect::<serde_json::Map<_, _>>(),
         "servers": servers,
         "summary": {
             "total_servers": views.len(),

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, ServerState};
 use crate::config::{Config, Routing, Settings};
-use crate::policy::{self, Policy};
+use crate::policy::{self, Policies};
 use crate::retry::RetryBudget;
 use crate::stats::Stats;
 
@@ -25,7 +25,7 @@ pub struct Snapshot {
     pub backends: Vec<Backend>,
     pub settings: Settings,
     pub routing: Routing,
-    pub policy: Box<dyn Policy>,
+    pub policy: Policies,
 }
 
 /// The snapshot in force, and what makes the next one.
@@ -98,7 +98,7 @@ impl Cluster {
             .iter()
             .filter(|b| !next.backends.iter().any(|n| n.cfg.url == b.cfg.url))
             .count();
-        let policy = next.policy.name();
+        let policy = next.policy.describe();
         let restart = if next.settings.admin_address != old.settings.admin_address {
             "; admin_address changes at the next start"
         } else if next.settings.otlp_endpoint != old.settings.otlp_endpoint {
@@ -220,6 +220,6 @@ mod tests {
     fn test_clusters_hold_what_they_are_given() {
         let cluster = Cluster::of(vec![unchecked("http://x", 1)]);
         assert_eq!(cluster.snapshot().backends.len(), 1);
-        assert_eq!(cluster.snapshot().policy.name(), "least-load");
+        assert_eq!(cluster.snapshot().policy.describe(), "least-load");
     }
 }

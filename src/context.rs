@@ -179,6 +179,8 @@ pub struct RequestContext {
     pub usage: Usage,
     /// Whether a stream broken off by its server was completed by another (resume.rs).
     pub resumed: bool,
+    /// The policy that chose its server (`[routing]`, per model).
+    pub policy: &'static str,
     /// Whether routing decisions are kept for the monitor's why view (decisions.rs).
     pub explain: bool,
     /// The candidates of the attempt about to begin (only while `explain`).
@@ -208,6 +210,7 @@ impl RequestContext {
             outcome: Outcome::Unfinished,
             usage: Usage::default(),
             resumed: false,
+            policy: "",
             explain: false,
             next_candidates: Vec::new(),
             trace: None,

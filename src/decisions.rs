@@ -103,8 +103,8 @@ pub fn channel(keep: usize) -> (DecisionLog, RecentDecisions) {
 }
 
 impl DecisionLog {
-    /// Hands a finished request's decision (made by `policy`) to the monitor, if it has room.
-    pub fn record(&self, request: &RequestContext, policy: &'static str) {
+    /// Hands a finished request's decision to the monitor, if it has room.
+    pub fn record(&self, request: &RequestContext) {
         if request.local.is_some() {
             return;
         }
@@ -112,7 +112,7 @@ impl DecisionLog {
             at: SystemTime::now(),
             id: request.id.as_str().to_string(),
             model: request.features.model.clone().unwrap_or_default(),
-            policy,
+            policy: request.policy,
             attempts: request
                 .attempts
                 .iter()
@@ -178,7 +178,7 @@ mod tests {
                 &http::HeaderValue::from_str(&format!("r{i}")).unwrap(),
             ));
             ctx.outcome = crate::context::Outcome::NoServer;
-            log.record(&ctx, "least-load");
+            log.record(&ctx);
         }
         reader.refresh();
         let ids: Vec<&str> = reader.recent.iter().map(|d| d.id.as_str()).collect();

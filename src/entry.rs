@@ -70,7 +70,7 @@ impl Finish for Recorder {
             log.write(request);
         }
         if let Some(decisions) = &self.decisions {
-            decisions.record(request, self.cluster.snapshot().policy.name());
+            decisions.record(request);
         }
         self.active.fetch_sub(1, Relaxed);
     }

@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 
 use crate::openai::ApiError;
 
-/// The header a client may set to keep a conversation on one server.
+/// The header a client may set to keep a conversation on one server, unless `[routing]
+/// session_header` names another.
 pub const SESSION_HEADER: &str = "x-session-id";
 
 /// What a policy may know about a request.
@@ -110,15 +111,17 @@ struct Fields<'a> {
 /// Extracts the features of a request. Bodies that are not JSON objects (multipart uploads,
 /// empty GETs) have none and are routed by load alone. The content type is not trusted either
 /// way: `curl -d` sends JSON labelled as a form.
+/// `session_header` names the header that carries a session key (`[routing] session_header`).
 pub fn extract(
     header: &RequestHeader,
     body: Bytes,
     client: Option<IpAddr>,
+    session_header: &str,
 ) -> Result<RequestFeatures, ApiError> {
     let mut features = RequestFeatures {
         session: header
             .headers
-            .get(SESSION_HEADER)
+            .get(session_header)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_string),
@@ -189,6 +192,7 @@ mod tests {
             &request(&[("content-type", "application/json")]),
             Bytes::from(body.to_string()),
             None,
+            SESSION_HEADER,
         )
     }
 
@@ -213,9 +217,18 @@ mod tests {
             &request(&[("x-session-id", "conv-9")]),
             Bytes::from_static(br#"{"model":"m","user":"u"}"#),
             None,
+            SESSION_HEADER,
         )
         .unwrap();
         assert_eq!(f.session.as_deref(), Some("conv-9"), "the header wins");
+        let f = extract(
+            &request(&[("x-conversation", "c-1"), ("x-session-id", "ignored")]),
+            Bytes::from_static(br#"{"model":"m"}"#),
+            None,
+            "x-conversation",
+        )
+        .unwrap();
+        assert_eq!(f.session.as_deref(), Some("c-1"), "the configured header");
     }
 
     #[test]
@@ -233,10 +246,11 @@ mod tests {
             &request(&[("content-type", "multipart/form-data; boundary=x")]),
             Bytes::from_static(b"--x\r\n"),
             None,
+            SESSION_HEADER,
         )
         .unwrap();
         assert_eq!((f.model, f.body.len()), (None, 5));
-        let f = extract(&request(&[]), Bytes::new(), None).unwrap();
+        let f = extract(&request(&[]), Bytes::new(), None, SESSION_HEADER).unwrap();
         assert!(f.prompt().is_none());
     }
 }

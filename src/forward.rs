@@ -71,7 +71,8 @@ pub async fn forward(
         }
     };
     let client = ctx.features.client;
-    ctx.features = match features::extract(session.req_header(), body, client) {
+    let session_header = &snapshot.routing.session_header;
+    ctx.features = match features::extract(session.req_header(), body, client, session_header) {
         Ok(features) => features,
         Err(error) => return reject(session, ctx, &error).await,
     };
@@ -82,10 +83,11 @@ pub async fn forward(
     loop {
         let chosen = {
             let model = ctx.features.model.as_deref();
+            let policy = snapshot.policy.for_model(model);
+            ctx.policy = policy.name();
             policy::eligible(&snapshot.backends, model, |b| ctx.tried(b)).map(|candidates| {
-                let chosen = snapshot.policy.pick(&candidates, &ctx.features);
+                let chosen = policy.pick(&candidates, &ctx.features);
                 if ctx.explain {
-                    let policy = &*snapshot.policy;
                     let scored = decisions::scores(policy, &candidates, chosen, &ctx.features);
                     ctx.next_candidates = scored;
                 }
@@ -271,7 +273,10 @@ async fn resume_stream(
             let model = ctx.features.model.as_deref();
             policy::eligible(&snapshot.backends, model, |b| ctx.tried(b))
                 .ok()
-                .map(|candidates| snapshot.policy.pick(&candidates, &ctx.features))
+                .map(|candidates| {
+                    let policy = snapshot.policy.for_model(model);
+                    policy.pick(&candidates, &ctx.features)
+                })
         } else {
             None
         };

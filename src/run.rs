@@ -282,7 +282,7 @@ fn warm_up(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
     tracing::info!(
         healthy,
         total = snapshot.backends.len(),
-        policy = snapshot.policy.name(),
+        policy = %snapshot.policy.describe(),
         "servers checked"
     );
     Ok(())

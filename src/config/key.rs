@@ -305,6 +305,114 @@ impl Kind for Secret {
     }
 }
 
+/// A number (fractions allowed) in a range.
+pub struct Number {
+    pub default: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Kind for Number {
+    type Value = f64;
+    fn default_value(&self) -> f64 {
+        self.default
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<f64, ReadError> {
+        let v: f64 = typed(value)?;
+        if !(self.min..=self.max).contains(&v) {
+            return Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v}",
+                self.allowed()
+            )));
+        }
+        Ok(v)
+    }
+    fn allowed(&self) -> String {
+        format!("a number from {} to {}", self.min, self.max)
+    }
+    fn show(&self, value: &f64) -> String {
+        value.to_string()
+    }
+}
+
+/// The name of an HTTP request header (case-insensitive; kept in lower case).
+pub struct Header {
+    pub default: &'static str,
+}
+
+impl Kind for Header {
+    type Value = String;
+    fn default_value(&self) -> String {
+        self.default.to_string()
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<String, ReadError> {
+        let v: String = typed(value)?;
+        match http::HeaderName::from_bytes(v.as_bytes()) {
+            Ok(name) => Ok(name.as_str().to_string()),
+            Err(_) => Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v:?}",
+                self.allowed()
+            ))),
+        }
+    }
+    fn allowed(&self) -> String {
+        "an HTTP header name, e.g. \"x-session-id\"".into()
+    }
+    fn show(&self, value: &String) -> String {
+        value.clone()
+    }
+}
+
+/// A table of model names to policy names, e.g. `{ "llama-70b" = "session" }`.
+pub struct ModelPolicies {
+    pub allowed: &'static [&'static str],
+}
+
+impl Kind for ModelPolicies {
+    type Value = Vec<(String, &'static str)>;
+    fn default_value(&self) -> Self::Value {
+        Vec::new()
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError> {
+        let table: std::collections::BTreeMap<String, String> = typed(value)?;
+        table
+            .into_iter()
+            .map(
+                |(model, policy)| match self.allowed.iter().find(|name| **name == policy) {
+                    Some(name) => Ok((model, *name)),
+                    None => Err(ReadError::NotAllowed(format!(
+                        "{model:?} = {policy:?}: the policy must be one of {}",
+                        self.names()
+                    ))),
+                },
+            )
+            .collect()
+    }
+    fn allowed(&self) -> String {
+        format!(
+            "a table of model = policy, e.g. {{ \"llama-70b\" = \"session\" }}, each policy one of {}",
+            self.names()
+        )
+    }
+    fn show(&self, value: &Self::Value) -> String {
+        if value.is_empty() {
+            return "none".into();
+        }
+        let pairs: Vec<String> = value
+            .iter()
+            .map(|(m, p)| format!("{m:?} = {p:?}"))
+            .collect();
+        format!("{{ {} }}", pairs.join(", "))
+    }
+}
+
+impl ModelPolicies {
+    fn names(&self) -> String {
+        let names: Vec<String> = self.allowed.iter().map(|n| format!("{n:?}")).collect();
+        names.join(", ")
+    }
+}
+
 /// An optional HTTP endpoint of a collector: `http://HOST[:PORT][/PATH]`.
 pub struct Endpoint;
 

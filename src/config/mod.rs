@@ -628,7 +628,37 @@ health_check_consecutive_failures = 3
         let bad = parse("[routing]\npolicy = \"fastest\"\n").unwrap_err();
         assert_eq!(
             bad,
-            "servers.toml: line 2, key routing.policy: must be one of \"least-load\", got \"fastest\""
+            "servers.toml: line 2, key routing.policy: must be one of \"least-load\", \
+             \"power-of-two\", \"round-robin\", \"random\", \"session\", got \"fastest\""
+        );
+        let c = parse(
+            "[routing]\nmodel_policies = { \"llama-70b\" = \"session\", chat = \"power-of-two\" }\n\
+             session_header = \"X-Conversation\"\nsession_load_bound = 1.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.routing.model_policies,
+            [
+                ("chat".into(), "power-of-two"),
+                ("llama-70b".into(), "session")
+            ]
+        );
+        assert_eq!(c.routing.session_header, "x-conversation");
+        assert_eq!(c.routing.session_load_bound, 1.5);
+        let bad = parse("[routing]\nmodel_policies = { m = \"fastest\" }\n").unwrap_err();
+        assert!(
+            bad.starts_with("servers.toml: line 2, key routing.model_policies: \"m\" = \"fastest\": the policy must be one of \"least-load\""),
+            "{bad}"
+        );
+        let bad = parse("[routing]\nsession_header = \"bad header\"\n").unwrap_err();
+        assert!(
+            bad.contains("key routing.session_header: must be an HTTP header name"),
+            "{bad}"
+        );
+        let bad = parse("[routing]\nsession_load_bound = 0.5\n").unwrap_err();
+        assert!(
+            bad.contains("must be a number from 1 to 10, got 0.5"),
+            "{bad}"
         );
         let table = parse("[server]\nservers = []\n").unwrap_err();
         assert!(

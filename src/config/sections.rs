@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::key::{
-    section, Endpoint, Flag, ListenAddress, OneOf, Seconds, Secret, ServerUrl, Url, Whole,
+    section, Endpoint, Flag, Header, ListenAddress, ModelPolicies, Number, OneOf, Seconds, Secret,
+    ServerUrl, Url, Whole,
 };
 
 section! {
@@ -98,5 +99,13 @@ section! {
         /// The policy that picks one of the servers that may take a request (healthy,
         /// serving its model, not yet tried).
         policy: &'static str = OneOf { default: "least-load", allowed: crate::policy::NAMES },
+        /// Policies for some models instead of `policy`, e.g. `{ "llama-70b" = "session" }`.
+        model_policies: Vec<(String, &'static str)> = ModelPolicies { allowed: crate::policy::NAMES },
+        /// The request header that names a session (`session` policy); without it, the
+        /// OpenAI `user` field does.
+        session_header: String = Header { default: "x-session-id" },
+        /// How far above its fair share of the load (by capacity) a server keeps taking its
+        /// sessions (`session` policy) before the next server on the ring takes new requests.
+        session_load_bound: f64 = Number { default: 1.25, min: 1.0, max: 10.0 },
     }
 }

@@ -122,7 +122,8 @@ fn show(mut terminal: DefaultTerminal, mut sources: Sources, stop: &AtomicBool) 
             dirty = true;
         }
         if dirty {
-            let policy = sources.cluster.snapshot().policy.name();
+            let snapshot = sources.cluster.snapshot();
+            let policy = snapshot.policy.default_policy().name();
             let log = if ui.log_pane {
                 sources.log.last(LOG_LINES)
             } else {

@@ -8,8 +8,16 @@
 //! reload can replace it.
 
 mod least_load;
+mod power_of_two;
+mod random;
+mod round_robin;
+mod session;
 
 pub use least_load::LeastLoad;
+pub use power_of_two::PowerOfTwo;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use session::SessionAffinity;
 
 use crate::backend::Backend;
 use crate::config::Routing;
@@ -26,20 +34,112 @@ pub trait Policy: Send + Sync {
     /// The figure this policy compares for `backend` (lower is better), as the monitor's why
     /// view shows it.
     fn score(&self, backend: &Backend, request: &RequestFeatures) -> f64;
+
+    /// The name and the parameters, for `/load-stats` and the logs.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
 }
 
 /// The policies `[routing] policy` may name.
-pub const NAMES: &[&str] = &["least-load"];
+pub const NAMES: &[&str] = &[
+    "least-load",
+    "power-of-two",
+    "round-robin",
+    "random",
+    "session",
+];
 
-/// Builds the policy a `[routing]` section names.
-pub fn build(routing: &Routing) -> Result<Box<dyn Policy>, String> {
-    match routing.policy {
-        "least-load" => Ok(Box::new(LeastLoad)),
-        other => Err(format!(
-            "unknown policy {other:?}; the policies are: {}",
-            NAMES.join(", ")
-        )),
+/// The policies in force: the default, and the ones `[routing] model_policies` sets for some
+/// models.
+pub struct Policies {
+    default: Box<dyn Policy>,
+    per_model: Vec<(String, Box<dyn Policy>)>,
+}
+
+impl Policies {
+    /// The policy that chooses for a request for `model`.
+    pub fn for_model(&self, model: Option<&str>) -> &dyn Policy {
+        model
+            .and_then(|m| self.per_model.iter().find(|(name, _)| name == m))
+            .map_or(&*self.default, |(_, policy)| &**policy)
     }
+
+    /// The default policy.
+    pub fn default_policy(&self) -> &dyn Policy {
+        &*self.default
+    }
+
+    /// Each model with a policy of its own, and that policy's description.
+    pub fn per_model(&self) -> impl Iterator<Item = (&str, String)> {
+        self.per_model
+            .iter()
+            .map(|(m, p)| (m.as_str(), p.describe()))
+    }
+
+    /// The default and the per-model policies, in words.
+    pub fn describe(&self) -> String {
+        let mut text = self.default.describe();
+        for (model, policy) in self.per_model() {
+            text.push_str(&format!("; {model}: {policy}"));
+        }
+        text
+    }
+}
+
+/// Builds one policy by name.
+fn one(name: &str, routing: &Routing) -> Result<Box<dyn Policy>, String> {
+    Ok(match name {
+        "least-load" => Box::new(LeastLoad),
+        "power-of-two" => Box::new(PowerOfTwo),
+        "round-robin" => Box::new(RoundRobin::default()),
+        "random" => Box::new(Random),
+        "session" => Box::new(SessionAffinity::new(routing.session_load_bound)),
+        other => {
+            return Err(format!(
+                "unknown policy {other:?}; the policies are: {}",
+                NAMES.join(", ")
+            ))
+        }
+    })
+}
+
+/// Builds the policies a `[routing]` section names.
+pub fn build(routing: &Routing) -> Result<Policies, String> {
+    let per_model = routing
+        .model_policies
+        .iter()
+        .map(|(model, name)| Ok((model.clone(), one(name, routing)?)))
+        .collect::<Result<_, String>>()?;
+    Ok(Policies {
+        default: one(routing.policy, routing)?,
+        per_model,
+    })
+}
+
+/// Index of a candidate drawn in proportion to capacity from `u` (uniform in [0, 1)),
+/// skipping `except`. There are at least two candidates when `except` is set.
+fn weighted_index(candidates: &[&Backend], u: f64, except: Option<usize>) -> usize {
+    let weight = |i: usize| {
+        if Some(i) == except {
+            0.0
+        } else {
+            f64::from(candidates[i].cfg.max_concurrent_requests.max(1))
+        }
+    };
+    let total: f64 = (0..candidates.len()).map(weight).sum();
+    let mut left = u * total;
+    for i in 0..candidates.len() {
+        left -= weight(i);
+        if left < 0.0 && Some(i) != except {
+            return i;
+        }
+    }
+    // Rounding at the very end: the last one that may be drawn.
+    (0..candidates.len())
+        .rev()
+        .find(|&i| Some(i) != except)
+        .unwrap_or(0)
 }
 
 /// Why no server can take a request.
@@ -117,15 +217,55 @@ mod tests {
     #[test]
     fn the_factory_builds_named_policies_and_lists_the_others() {
         let routing = Routing::default();
-        assert_eq!(build(&routing).unwrap().name(), "least-load");
-        let err = build(&Routing { policy: "fastest" }).err().unwrap();
+        assert_eq!(
+            build(&routing).unwrap().default_policy().name(),
+            "least-load"
+        );
+        let fastest = Routing {
+            policy: "fastest",
+            ..Routing::default()
+        };
+        let err = build(&fastest).err().unwrap();
         assert_eq!(
             err,
-            "unknown policy \"fastest\"; the policies are: least-load"
+            "unknown policy \"fastest\"; the policies are: least-load, power-of-two, \
+             round-robin, random, session"
         );
         for name in NAMES {
-            assert_eq!(build(&Routing { policy: name }).unwrap().name(), *name);
+            let routing = Routing {
+                policy: name,
+                ..Routing::default()
+            };
+            assert_eq!(build(&routing).unwrap().default_policy().name(), *name);
         }
+    }
+
+    #[test]
+    fn a_model_may_have_its_own_policy() {
+        let routing = Routing {
+            model_policies: vec![("chat".into(), "session")],
+            ..Routing::default()
+        };
+        let policies = build(&routing).unwrap();
+        assert_eq!(policies.for_model(Some("chat")).name(), "session");
+        assert_eq!(policies.for_model(Some("other")).name(), "least-load");
+        assert_eq!(policies.for_model(None).name(), "least-load");
+        assert_eq!(
+            policies.describe(),
+            "least-load; chat: session (load bound 1.25)"
+        );
+    }
+
+    #[test]
+    fn weighted_draws_skip_the_excepted_one() {
+        let a = healthy("http://a", 1, &["m"], 0.0);
+        let b = healthy("http://b", 3, &["m"], 0.0);
+        let all = [&a, &b];
+        assert_eq!(weighted_index(&all, 0.0, None), 0);
+        assert_eq!(weighted_index(&all, 0.3, None), 1);
+        assert_eq!(weighted_index(&all, 0.999_999, None), 1);
+        assert_eq!(weighted_index(&all, 0.0, Some(0)), 1);
+        assert_eq!(weighted_index(&all, 0.999_999, Some(1)), 0);
     }
 
     #[test]

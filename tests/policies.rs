@@ -1,0 +1,96 @@
+//! Routing policies through the real router: `session` keeps a session on its server and
+//! moves it only when that server goes; `model_policies` gives a model its own policy;
+//! `/load-stats` says which policies are in force.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{client, get_json, RouterProcess, Sim};
+use serde_json::json;
+
+/// Sends one chat request with `session` as its X-Session-Id; the server that answered.
+async fn answered_by(router: &RouterProcess, model: &str, session: Option<&str>) -> String {
+    let mut request = client().post(router.at("/v1/chat/completions")).json(
+        &json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    );
+    if let Some(session) = session {
+        request = request.header("x-session-id", session);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let server = response.headers()["x-mvllm-upstream"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.bytes().await.unwrap();
+    server
+}
+
+#[tokio::test]
+async fn a_session_stays_on_its_server_until_that_server_goes() {
+    let mut sims = Vec::new();
+    for _ in 0..3 {
+        sims.push(Sim::start(&["--model", "llama", "--itl-ms", "1"]).await);
+    }
+    let servers: Vec<(&str, u32)> = sims.iter().map(|s| (s.url.as_str(), 8)).collect();
+    let router = RouterProcess::start(
+        &servers,
+        "expose_routing_headers = true\nmetrics_interval = 0.2\n[routing]\npolicy = \"session\"\n",
+    )
+    .await;
+
+    // 30 sessions, 3 requests each, one at a time: each session's requests on one server,
+    // and the sessions over all three.
+    let mut home = HashMap::new();
+    for round in 0..3 {
+        for s in 0..30 {
+            let key = format!("conversation-{s}");
+            let server = answered_by(&router, "llama", Some(&key)).await;
+            let first = home.entry(key.clone()).or_insert(server.clone());
+            assert_eq!(*first, server, "{key} moved in round {round}");
+        }
+    }
+    for sim in &sims {
+        let n = home.values().filter(|h| **h == sim.url).count();
+        assert!(n >= 3, "{n} of 30 sessions on {}", sim.url);
+    }
+
+    // Its server killed: its sessions move, the others stay.
+    let gone = sims[0].url.clone();
+    sims[0].kill();
+    router.wait_healthy(2).await;
+    for (key, was) in &home {
+        let now = answered_by(&router, "llama", Some(key)).await;
+        if *was == gone {
+            assert_ne!(now, gone);
+        } else {
+            assert_eq!(now, *was, "{key} moved though its server stayed");
+        }
+    }
+
+    let stats = get_json(router.at("/load-stats")).await;
+    assert_eq!(stats["policy"], "session (load bound 1.25)");
+}
+
+#[tokio::test]
+async fn a_model_can_have_its_own_policy() {
+    let a = Sim::start(&["--served-model-name", "chat", "embed", "--itl-ms", "1"]).await;
+    let b = Sim::start(&["--served-model-name", "chat", "embed", "--itl-ms", "1"]).await;
+    let router = RouterProcess::start(
+        &[(&a.url, 8), (&b.url, 8)],
+        "expose_routing_headers = true\nmetrics_interval = 0.2\n[routing]\nmodel_policies = { embed = \"round-robin\" }\n",
+    )
+    .await;
+    // Round-robin alternates (least-load would keep an idle server's tie random).
+    let mut turns = Vec::new();
+    for _ in 0..6 {
+        turns.push(answered_by(&router, "embed", None).await);
+    }
+    for pair in turns.windows(2) {
+        assert_ne!(pair[0], pair[1], "{turns:?}");
+    }
+    let stats = get_json(router.at("/load-stats")).await;
+    assert_eq!(stats["policy"], "least-load");
+    assert_eq!(stats["model_policies"], json!({"embed": "round-robin"}));
+}
