@@ -63,7 +63,7 @@ pub fn health(snapshot: &Snapshot, config_error: Option<&str>) -> (u16, Value) {
 }
 
 /// `GET /load-stats`: each server's scraped load, the router's own in-flight requests to
-/// it, its utilisation (the least-load score, in percent) and what the stats hub counted.
+/// it, its utilisation (load units over capacity, in percent) and what the stats hub counted.
 pub fn load_stats(snapshot: &Snapshot) -> Value {
     let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
     let servers: Vec<Value> = views
@@ -91,6 +91,7 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
                 "ejections_total": v.ejections,
                 "load_gap": round2(v.load_gap),
                 "ttft_p50_seconds": v.totals.ttft_p50,
+                "seconds_per_token": v.seconds_per_token.map(|s| (s * 1e6).round() / 1e6),
                 "detailed_metrics": {
                     "num_requests_running": v.running,
                     "num_requests_waiting": v.waiting,
@@ -221,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn utilisation_is_the_policys_score_per_server_and_overall() {
+    fn utilisation_is_load_over_capacity_per_server_and_overall() {
         let a = healthy("http://a", 4, &["m"], 1.0);
         let b = healthy("http://b", 16, &["m"], 0.0);
         let guards: Vec<_> = (0..3).map(|_| b.state.start_request()).collect();

@@ -19,6 +19,7 @@ use crate::config::{ServerConfig, Settings};
 use crate::ejection::Ejection;
 use crate::headers::ServerHeaders;
 use crate::scrape::{LoadSample, ModelCard};
+use crate::speed::Speed;
 use crate::stats::{ServerStats, ServerTotals};
 
 /// How much of a new scrape's gap enters the smoothed one: about the last five scrapes count.
@@ -68,8 +69,9 @@ impl Backend {
         scraped.max(floor)
     }
 
-    /// The load score: [`load_units`](Self::load_units) over capacity. `/load-stats` shows it
-    /// as `utilization_percent`; the least-load policy picks the lowest.
+    /// The utilisation: [`load_units`](Self::load_units) over capacity. `/load-stats` shows it
+    /// as `utilization_percent`; the least-load policy's cost adds the request it is choosing
+    /// for and the server's learned speed (policy/least_load.rs).
     pub fn score(&self) -> f64 {
         self.load_units() / f64::from(self.cfg.max_concurrent_requests.max(1))
     }
@@ -112,6 +114,8 @@ pub struct ServerState {
     pub stats: ServerStats,
     /// Whether real traffic has taken it out for a while (ejection.rs).
     pub ejection: Ejection,
+    /// How fast it answers, learned from its answers (speed.rs).
+    pub speed: Speed,
 }
 
 impl ServerState {
@@ -135,6 +139,7 @@ impl ServerState {
             load_gap: AtomicU64::new(0f64.to_bits()),
             stats,
             ejection: Ejection::default(),
+            speed: Speed::default(),
         }
     }
 
@@ -329,6 +334,8 @@ pub struct ServerView {
     pub ejections: u64,
     /// The server's own count minus the router's in-flight, smoothed (`ServerState::load_gap`).
     pub load_gap: f64,
+    /// Its learned seconds per output token (speed.rs), once learned.
+    pub seconds_per_token: Option<f64>,
 }
 
 impl ServerView {
@@ -356,6 +363,7 @@ impl ServerView {
             ejected_for: state.ejection.remaining(crate::ejection::now_ms()),
             ejections: state.ejection.total(),
             load_gap: state.load_gap(),
+            seconds_per_token: state.speed.seconds_per_token(),
         }
     }
 }

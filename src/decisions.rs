@@ -62,9 +62,10 @@ pub fn scores(
 ) -> Vec<Candidate> {
     let mut all: Vec<Candidate> = candidates
         .iter()
-        .map(|b| Candidate {
+        .zip(policy.scores(candidates, request))
+        .map(|(b, score)| Candidate {
             server: b.cfg.url.clone(),
-            score: policy.score(b, request),
+            score,
         })
         .collect();
     all.sort_by(|a, b| a.score.total_cmp(&b.score));

@@ -66,6 +66,7 @@ impl Finish for Recorder {
 
     fn finished(&self, request: &RequestContext) {
         self.cluster.stats().record(request);
+        crate::speed::learn(request);
         if let Some(log) = &self.access_log {
             log.write(request);
         }

@@ -24,6 +24,7 @@
 //! - `cluster`: the config in force as one snapshot; **how a reload works**.
 //! - `backend`: one server's entry and its live state (health, load, in-flight, stats), keyed
 //!   by URL so that it survives reloads.
+//! - `speed`: each server's learned seconds per output token.
 //! - `ejection`: servers that keep failing real requests are taken out for growing times.
 //! - `poller`: each server's own schedule of `/metrics`, `/v1/models` and DNS refreshes.
 //! - `scrape`: reading a server's `/metrics` (load) and `/v1/models`.
@@ -63,6 +64,7 @@ pub mod retry;
 pub mod run;
 pub mod scrape;
 pub mod sim;
+pub mod speed;
 pub mod stats;
 pub mod traces;
 pub mod upstream;

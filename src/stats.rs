@@ -568,7 +568,7 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
     );
     let utilization = gauge(
         "mvllm_server_utilization_ratio",
-        "The server's load estimate over its capacity: the least-load policy's score.",
+        "The server's load estimate over its capacity (least-load adds this request and its speed).",
     );
     let capacity = gauge(
         "mvllm_server_capacity",
@@ -582,8 +582,15 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         "mvllm_server_load_gap",
         "The server's own running + waiting minus the router's in flight to it, smoothed: above 0, others use it too; below 0, the router counts requests the server does not have.",
     );
+    let speed = gauge(
+        "mvllm_server_seconds_per_token",
+        "The server's learned time per output token, from the answers it gave (smoothed).",
+    );
     for v in views {
         let label = [v.url.as_str()];
+        if let Some(s) = v.seconds_per_token {
+            speed.with_label_values(&label).set(s);
+        }
         healthy
             .with_label_values(&label)
             .set(f64::from(u8::from(v.healthy)));
@@ -621,6 +628,7 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         capacity,
         ejected,
         gap,
+        speed,
     ] {
         families.extend(vec.collect());
     }

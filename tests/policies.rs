@@ -11,9 +11,19 @@ use serde_json::json;
 
 /// Sends one chat request with `session` as its X-Session-Id; the server that answered.
 async fn answered_by(router: &RouterProcess, model: &str, session: Option<&str>) -> String {
-    let mut request = client().post(router.at("/v1/chat/completions")).json(
-        &json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
-    );
+    answered_after(router, model, session, 1).await
+}
+
+/// The same, for an answer of `tokens` tokens.
+async fn answered_after(
+    router: &RouterProcess,
+    model: &str,
+    session: Option<&str>,
+    tokens: u32,
+) -> String {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": tokens});
+    let mut request = client().post(router.at("/v1/chat/completions")).json(&body);
     if let Some(session) = session {
         request = request.header("x-session-id", session);
     }
@@ -93,4 +103,40 @@ async fn a_model_can_have_its_own_policy() {
     let stats = get_json(router.at("/load-stats")).await;
     assert_eq!(stats["policy"], "least-load");
     assert_eq!(stats["model_policies"], json!({"embed": "round-robin"}));
+}
+
+#[tokio::test]
+async fn with_equal_queues_the_faster_server_wins() {
+    let fast = Sim::start(&["--model", "m", "--itl-ms", "2"]).await;
+    let slow = Sim::start(&["--model", "m", "--itl-ms", "20"]).await;
+    let router = RouterProcess::start(
+        &[(&fast.url, 4), (&slow.url, 4)],
+        "expose_routing_headers = true\n",
+    )
+    .await;
+    // One at a time: every request finds both servers idle, so only speed tells them apart.
+    let mut to_fast = 0;
+    for i in 0..40 {
+        let server = answered_after(&router, "m", None, 10).await;
+        if i >= 10 && server == fast.url {
+            to_fast += 1;
+        }
+    }
+    assert!(
+        to_fast >= 28,
+        "{to_fast} of the last 30 to the faster server"
+    );
+    let stats = get_json(router.at("/load-stats")).await;
+    let speed = |url: &str| {
+        stats["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["url"] == url)
+            .unwrap()["seconds_per_token"]
+            .as_f64()
+            .unwrap()
+    };
+    let (f, s) = (speed(&fast.url), speed(&slow.url));
+    assert!(s > 3.0 * f, "learned {f} and {s} seconds per token");
 }

@@ -129,7 +129,7 @@ async fn an_edited_entry_keeps_its_requests_in_flight() {
 }
 
 #[tokio::test]
-async fn load_stats_utilisation_is_the_policys_score() {
+async fn load_stats_utilisation_is_load_over_capacity() {
     let small = Sim::start(&["--itl-ms", "20"]).await;
     let large = Sim::start(&["--itl-ms", "20"]).await;
     // No scrape after start-up: the load is what the router itself sent.

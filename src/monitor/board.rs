@@ -203,6 +203,7 @@ pub(crate) mod tests {
             ejected_for: None,
             ejections: 0,
             load_gap: 0.0,
+            seconds_per_token: None,
         }
     }
 

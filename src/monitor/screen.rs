@@ -358,10 +358,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, scene: &Scene) {
         Line::from(vec![
             label("traffic"),
             Span::raw(format!(
-                "{:.1} req/s · TTFT p50 {} · {} requests",
+                "{:.1} req/s · TTFT p50 {} · {} requests · {} per token",
                 row.requests_per_s,
                 seconds(row.ttft_p50),
                 v.totals.requests,
+                seconds(v.seconds_per_token),
             )),
         ]),
         Line::from(vec![

@@ -1,13 +1,24 @@
-//! `least-load`: the server with the lowest load score wins.
+//! `least-load`: the server with the lowest cost wins.
 
 use super::Policy;
 use crate::backend::Backend;
 use crate::features::RequestFeatures;
+use crate::speed::Relative;
 
-/// Lowest load score wins (see [`Backend::score`]): live load from the last scrape plus the
-/// requests sent since, over capacity. A server under 50 % always beats one above it, as in
-/// the Python mvllm, because its score is lower. Ties are broken at random, so equal servers
-/// share the load instead of the first in the list taking it all.
+/// The cost of sending one more request to `backend`: its load with this request counted,
+/// over its capacity (the utilisation it would have), times how much slower than the fastest
+/// candidate it answers (speed.rs; 1 until learned). With equal queues the faster server wins;
+/// a server that slows down gets less traffic. A server under 50 % still beats an equally
+/// fast one above it, as in the Python mvllm.
+pub fn cost(backend: &Backend, relative: &Relative) -> f64 {
+    let capacity = f64::from(backend.cfg.max_concurrent_requests.max(1));
+    (backend.load_units() + 1.0) / capacity * relative.factor(backend)
+}
+
+/// Lowest cost wins (see [`cost`]): live load from the last scrape, the requests sent since
+/// and the router's own in flight (see [`Backend::load_units`]), over capacity, and the learned
+/// speed. Ties are broken at random, so equal servers share the load instead of the first in
+/// the list taking it all.
 pub struct LeastLoad;
 
 impl Policy for LeastLoad {
@@ -16,13 +27,14 @@ impl Policy for LeastLoad {
     }
 
     fn pick<'a>(&self, candidates: &[&'a Backend], _request: &RequestFeatures) -> &'a Backend {
-        // One pass, no allocation: keep the best so far; among equal scores, the k-th one seen
+        let relative = Relative::among(candidates);
+        // One pass, no allocation: keep the best so far; among equal costs, the k-th one seen
         // replaces the choice with probability 1/k, so each tied server is equally likely.
         let mut chosen = candidates[0];
-        let mut best = chosen.score();
+        let mut best = cost(chosen, &relative);
         let mut ties = 1;
         for &backend in &candidates[1..] {
-            let score = backend.score();
+            let score = cost(backend, &relative);
             if score < best - 1e-9 {
                 (chosen, best, ties) = (backend, score, 1);
             } else if score <= best + 1e-9 {
@@ -35,8 +47,9 @@ impl Policy for LeastLoad {
         chosen
     }
 
-    fn score(&self, backend: &Backend, _request: &RequestFeatures) -> f64 {
-        backend.score()
+    fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
+        let relative = Relative::among(candidates);
+        candidates.iter().map(|b| cost(b, &relative)).collect()
     }
 }
 
@@ -65,6 +78,35 @@ mod tests {
         );
         drop(guards);
         assert_eq!((small.state.in_flight(), large.state.in_flight()), (0, 0));
+    }
+
+    #[test]
+    fn with_equal_queues_the_faster_server_wins() {
+        let fast = healthy("http://fast", 4, &["m"], 1.0);
+        let slow = healthy("http://slow", 4, &["m"], 1.0);
+        fast.state.speed.observe(0.01);
+        slow.state.speed.observe(0.02);
+        let all = [&slow, &fast];
+        for _ in 0..10 {
+            assert_eq!(
+                LeastLoad.pick(&all, &RequestFeatures::default()).cfg.url,
+                "http://fast"
+            );
+        }
+        // Twice as slow: it wins once its queue is well under half the fast one's.
+        let busy_fast = healthy("http://busy-fast", 4, &["m"], 3.0);
+        busy_fast.state.speed.observe(0.01);
+        let idle_slow = healthy("http://idle-slow", 4, &["m"], 0.0);
+        idle_slow.state.speed.observe(0.02);
+        let chosen = LeastLoad.pick(&[&busy_fast, &idle_slow], &RequestFeatures::default());
+        assert_eq!(
+            chosen.cfg.url, "http://idle-slow",
+            "(0+1)/4 x 2 < (3+1)/4 x 1"
+        );
+        assert_eq!(
+            LeastLoad.scores(&[&busy_fast, &idle_slow], &RequestFeatures::default()),
+            [1.0, 0.5]
+        );
     }
 
     #[test]

@@ -31,9 +31,11 @@ pub trait Policy: Send + Sync {
     /// Picks one of `candidates`, which is never empty.
     fn pick<'a>(&self, candidates: &[&'a Backend], request: &RequestFeatures) -> &'a Backend;
 
-    /// The figure this policy compares for `backend` (lower is better), as the monitor's why
-    /// view shows it.
-    fn score(&self, backend: &Backend, request: &RequestFeatures) -> f64;
+    /// The figure this policy compares for each of `candidates` (lower is better), as the
+    /// monitor's why view shows it. By default the load score.
+    fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
+        candidates.iter().map(|b| b.score()).collect()
+    }
 
     /// The name and the parameters, for `/load-stats` and the logs.
     fn describe(&self) -> String {

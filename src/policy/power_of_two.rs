@@ -1,11 +1,13 @@
 //! `power-of-two`: two candidates drawn at random (in proportion to capacity), the one with the
-//! lower load score wins. Nearly as good as comparing all servers, from two looks: it keeps
+//! lower cost (least-load's: load and learned speed) wins. Nearly as good as comparing all servers, from two looks: it keeps
 //! working when load figures are stale or when several router replicas choose at once (they
 //! do not all pick the same "least loaded" server).
 
+use super::least_load::cost;
 use super::{weighted_index, Policy};
 use crate::backend::Backend;
 use crate::features::RequestFeatures;
+use crate::speed::Relative;
 
 pub struct PowerOfTwo;
 
@@ -21,15 +23,18 @@ impl Policy for PowerOfTwo {
         let first = weighted_index(candidates, fastrand::f64(), None);
         let second = weighted_index(candidates, fastrand::f64(), Some(first));
         let (a, b) = (candidates[first], candidates[second]);
-        if b.score() < a.score() {
+        // The same cost as least-load's, between the two.
+        let relative = Relative::among(&[a, b]);
+        if cost(b, &relative) < cost(a, &relative) {
             b
         } else {
             a
         }
     }
 
-    fn score(&self, backend: &Backend, _request: &RequestFeatures) -> f64 {
-        backend.score()
+    fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
+        let relative = Relative::among(candidates);
+        candidates.iter().map(|b| cost(b, &relative)).collect()
     }
 }
 

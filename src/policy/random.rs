@@ -15,11 +15,6 @@ impl Policy for Random {
     fn pick<'a>(&self, candidates: &[&'a Backend], _request: &RequestFeatures) -> &'a Backend {
         candidates[weighted_index(candidates, fastrand::f64(), None)]
     }
-
-    /// The chance of being drawn does not depend on load; shown as the load score anyway.
-    fn score(&self, backend: &Backend, _request: &RequestFeatures) -> f64 {
-        backend.score()
-    }
 }
 
 #[cfg(test)]

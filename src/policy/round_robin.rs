@@ -21,10 +21,6 @@ impl Policy for RoundRobin {
     fn pick<'a>(&self, candidates: &[&'a Backend], _request: &RequestFeatures) -> &'a Backend {
         candidates[self.next.fetch_add(1, Relaxed) % candidates.len()]
     }
-
-    fn score(&self, backend: &Backend, _request: &RequestFeatures) -> f64 {
-        backend.score()
-    }
 }
 
 #[cfg(test)]

@@ -143,11 +143,6 @@ impl Policy for SessionAffinity {
         }
         LeastLoad.pick(candidates, request)
     }
-
-    /// The load score; the key's server is preferred whatever its score, within the bound.
-    fn score(&self, backend: &Backend, _request: &RequestFeatures) -> f64 {
-        backend.score()
-    }
 }
 
 #[cfg(test)]
