@@ -8,6 +8,8 @@
 //! terminal's own write). Baseline: rendering `/metrics` for the same 1,000 servers, what one
 //! Prometheus scrape costs the router. Servers have traffic recorded (a request each), so their
 //! histograms and per-model handles exist as in a live router.
+#[path = "servers.rs"]
+mod servers;
 #[path = "timing.rs"]
 mod timing;
 
@@ -17,13 +19,11 @@ use std::time::Instant;
 
 use mvllm::backend::ServerView;
 use mvllm::cluster::Cluster;
-use mvllm::config::Config;
 use mvllm::context::{Finish, Outcome, RequestContext};
 use mvllm::monitor::board::Board;
 use mvllm::monitor::screen::{draw, Scene};
 use mvllm::monitor::ui::Ui;
 use mvllm::retry::AttemptResult;
-use mvllm::stats::Stats;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use timing::time_per_call;
@@ -51,22 +51,7 @@ fn one_request(cluster: &Cluster, backend: &mvllm::backend::Backend) {
 }
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("mvllm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("servers.toml");
-    let mut toml = String::from("[servers]\nservers = [\n");
-    for i in 0..SERVERS {
-        toml.push_str(&format!(
-            "  {{ url = \"http://10.{}.{}.1:8000\", max_concurrent_requests = 16 }},\n",
-            i / 250,
-            i % 250
-        ));
-    }
-    toml.push_str("]\n");
-    std::fs::write(&path, toml).unwrap();
-    let config = Config::load(&path).expect("the generated servers file is valid");
-    let cluster = Cluster::new(config, Arc::new(Stats::new())).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
+    let cluster = servers::cluster_of(SERVERS, |_| 16);
     let snapshot = cluster.snapshot();
     for backend in &snapshot.backends {
         one_request(&cluster, backend);

@@ -10,7 +10,7 @@
 //! carries the facts down, and its drop reports them to [`Recorder`] (stats hub, access log).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,9 +36,14 @@ pub struct Recorder {
     access_log: Option<AccessLog>,
     /// The monitor's why view, while it runs.
     decisions: Option<DecisionLog>,
-    /// Requests being answered right now (the drain on shutdown waits for 0).
-    active: AtomicUsize,
+    /// Requests being answered right now (low 32 bits; the drain on shutdown waits for 0),
+    /// and requests begun so far (high 32 bits, wrapping; the drain waits for them to stop
+    /// coming): one atomic add per request for both.
+    counts: AtomicU64,
 }
+
+/// One request begun and being answered, in `Recorder::counts`.
+const BEGUN_AND_ACTIVE: u64 = (1 << 32) + 1;
 
 impl Recorder {
     pub fn new(
@@ -50,18 +55,24 @@ impl Recorder {
             cluster,
             access_log,
             decisions,
-            active: AtomicUsize::new(0),
+            counts: AtomicU64::new(0),
         }
     }
 
+    /// Requests being answered right now.
     pub fn active(&self) -> usize {
-        self.active.load(Relaxed)
+        (self.counts.load(Relaxed) & u64::from(u32::MAX)) as usize
+    }
+
+    /// Requests begun so far (wrapping): compared between two readings, whether any began.
+    pub fn begun(&self) -> u32 {
+        (self.counts.load(Relaxed) >> 32) as u32
     }
 }
 
 impl Finish for Recorder {
     fn started(&self) {
-        self.active.fetch_add(1, Relaxed);
+        self.counts.fetch_add(BEGUN_AND_ACTIVE, Relaxed);
     }
 
     fn finished(&self, request: &RequestContext) {
@@ -73,7 +84,7 @@ impl Finish for Recorder {
         if let Some(decisions) = &self.decisions {
             decisions.record(request);
         }
-        self.active.fetch_sub(1, Relaxed);
+        self.counts.fetch_sub(1, Relaxed);
     }
 }
 

@@ -15,7 +15,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -79,6 +79,9 @@ pub struct RunArgs {
     #[arg(long, short, help_heading = "Pingora")]
     pub test: bool,
 }
+
+/// How long no request must have begun before a draining router stops (see `Drain`).
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Routing decisions the monitor's why view keeps.
 const DECISIONS_KEPT: usize = 200;
@@ -312,7 +315,8 @@ impl ShutdownSignalWatch for Signals {
 }
 
 /// Says "stopped" as soon as a graceful shutdown (SIGTERM, or the old process of an upgrade)
-/// has no request left in flight, instead of sitting out Pingora's whole grace period.
+/// has no request left in flight and none has begun for `QUIET`, instead of sitting out
+/// Pingora's whole grace period.
 struct Drain {
     recorder: Arc<Recorder>,
     drained: mpsc::Sender<()>,
@@ -324,8 +328,21 @@ impl BackgroundService for Drain {
         if shutdown.changed().await.is_err() {
             return;
         }
-        while self.recorder.active() > 0 {
+        // Answers given from now on close their connections, but a client whose last answer
+        // came before may still send one more request on its idle keep-alive connection (and
+        // it is served). Exiting while none is in flight would cut that request as it arrives;
+        // so the drain also waits until none has begun for `QUIET`.
+        let mut begun = self.recorder.begun();
+        let mut quiet_since = Instant::now();
+        loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.recorder.begun();
+            if now != begun {
+                (begun, quiet_since) = (now, Instant::now());
+            }
+            if self.recorder.active() == 0 && quiet_since.elapsed() >= QUIET {
+                break;
+            }
         }
         tracing::info!("no request in flight: stopping");
         let _ = self.drained.send(());

@@ -15,6 +15,12 @@ pub fn cost(backend: &Backend, relative: &Relative) -> f64 {
     (backend.load_units() + 1.0) / capacity * relative.factor(backend)
 }
 
+/// [`cost`] of each candidate, the relative speeds computed once.
+pub fn costs(candidates: &[&Backend]) -> Vec<f64> {
+    let relative = Relative::among(candidates);
+    candidates.iter().map(|b| cost(b, &relative)).collect()
+}
+
 /// Lowest cost wins (see [`cost`]): live load from the last scrape, the requests sent since
 /// and the router's own in flight (see [`Backend::load_units`]), over capacity, and the learned
 /// speed. Ties are broken at random, so equal servers share the load instead of the first in
@@ -48,8 +54,7 @@ impl Policy for LeastLoad {
     }
 
     fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
-        let relative = Relative::among(candidates);
-        candidates.iter().map(|b| cost(b, &relative)).collect()
+        costs(candidates)
     }
 }
 

@@ -3,7 +3,7 @@
 //! working when load figures are stale or when several router replicas choose at once (they
 //! do not all pick the same "least loaded" server).
 
-use super::least_load::cost;
+use super::least_load::{cost, costs};
 use super::{weighted_index, Policy};
 use crate::backend::Backend;
 use crate::features::RequestFeatures;
@@ -33,8 +33,7 @@ impl Policy for PowerOfTwo {
     }
 
     fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
-        let relative = Relative::among(candidates);
-        candidates.iter().map(|b| cost(b, &relative)).collect()
+        costs(candidates)
     }
 }
 
