@@ -103,7 +103,7 @@ section! {
         model_policies: Vec<(String, &'static str)> = ModelPolicies { allowed: crate::policy::NAMES },
         /// The request header that names a session (`session` policy); without it, the
         /// OpenAI `user` field does.
-        session_header: String = Header { default: "x-session-id" },
+        session_header: String = Header { default: crate::features::SESSION_HEADER },
         /// How far above its fair share of the load (by capacity) a server keeps taking its
         /// sessions (`session` policy) before the next server on the ring takes new requests.
         session_load_bound: f64 = Number { default: 1.25, min: 1.0, max: 10.0 },
