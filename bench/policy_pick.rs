@@ -39,6 +39,8 @@ fn main() {
                 running: (i % 7) as f64,
                 waiting: (i % 3) as f64,
                 kv_cache_usage: None,
+                kv_tokens: None,
+                prefix_cache: None,
             };
             b.state.scrape_succeeded(load, &settings);
         }
@@ -69,7 +71,7 @@ fn main() {
             policy: name,
             ..Routing::default()
         };
-        let policies = policy::build(&routing).unwrap();
+        let policies = policy::build(&routing, None).unwrap();
         let policy = policies.default_policy();
         let pick = time_per_call(2_000, || {
             black_box(policy.pick(black_box(&candidates), &request));

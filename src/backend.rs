@@ -80,6 +80,9 @@ impl Backend {
 /// What the router knows about one server.
 pub struct ServerState {
     pub url: Arc<str>,
+    /// A number no other server of this process has: a key for per-server tables that is
+    /// cheaper than the URL (the cache-aware policy's prefix index).
+    pub id: u32,
     /// The server's address, resolved off the request path (see poller.rs).
     pub addr: ArcSwapOption<SocketAddr>,
     healthy: AtomicBool,
@@ -120,8 +123,10 @@ pub struct ServerState {
 
 impl ServerState {
     pub fn new(url: &str, stats: ServerStats) -> ServerState {
+        static NEXT_ID: AtomicU32 = AtomicU32::new(0);
         ServerState {
             url: url.into(),
+            id: NEXT_ID.fetch_add(1, Relaxed),
             addr: ArcSwapOption::empty(),
             // Not routable until its first scrape succeeds.
             healthy: AtomicBool::new(false),
@@ -390,6 +395,8 @@ pub(crate) mod tests {
             running,
             waiting,
             kv_cache_usage: None,
+            kv_tokens: None,
+            prefix_cache: None,
         }
     }
 

@@ -42,7 +42,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: Config, stats: Arc<Stats>) -> Result<Cluster, String> {
-        let snapshot = build(config, &[], &stats)?;
+        let snapshot = build(config, None, &stats)?;
         Ok(Cluster {
             current: ArcSwap::from_pointee(snapshot),
             stats,
@@ -84,7 +84,7 @@ impl Cluster {
     /// was refused (the running config then stays).
     pub fn apply(&self, config: Config) -> Result<String, String> {
         let old = self.current.load_full();
-        let next = build(config, &old.backends, &self.stats)?;
+        let next = build(config, Some(&old), &self.stats)?;
         let (mut added, mut changed, mut kept) = (0, 0, 0);
         for backend in &next.backends {
             match old.backends.iter().find(|b| b.cfg.url == backend.cfg.url) {
@@ -121,7 +121,7 @@ impl Cluster {
             current: ArcSwap::from_pointee(Snapshot {
                 backends,
                 settings: Settings::default(),
-                policy: policy::build(&routing).expect("the default policy builds"),
+                policy: policy::build(&routing, None).expect("the default policy builds"),
                 routing,
             }),
             stats: Arc::new(Stats::new()),
@@ -132,9 +132,11 @@ impl Cluster {
     }
 }
 
-/// The snapshot for `config`, reusing the state of servers that were in `previous`.
-fn build(config: Config, previous: &[Backend], stats: &Stats) -> Result<Snapshot, String> {
-    let policy = policy::build(&config.routing)?;
+/// The snapshot for `config`, reusing the state of servers that were in `previous` and what
+/// its policies learned.
+fn build(config: Config, previous: Option<&Snapshot>, stats: &Stats) -> Result<Snapshot, String> {
+    let policy = policy::build(&config.routing, previous.map(|p| &p.policy))?;
+    let previous = previous.map_or(&[][..], |p| &p.backends[..]);
     let backends = config
         .servers
         .into_iter()

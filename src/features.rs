@@ -176,8 +176,13 @@ fn offset_in(whole: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The features of a JSON request body (for policies' tests).
+    pub fn features_of(body: Bytes) -> RequestFeatures {
+        extract(&request(&[]), body, None, SESSION_HEADER).expect("a JSON body")
+    }
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {
         let mut h = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();

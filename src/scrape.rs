@@ -30,6 +30,19 @@ pub struct LoadSample {
     pub waiting: f64,
     /// KV cache in use, 0..=1, averaged over engines; `None` if not reported.
     pub kv_cache_usage: Option<f64>,
+    /// The KV cache's size in tokens, all engines together (vLLM's `cache_config_info`:
+    /// `num_gpu_blocks` × `block_size`); `None` if not reported.
+    pub kv_tokens: Option<f64>,
+    /// Prompt tokens looked up in the prefix cache, and of those found there, since the
+    /// server started (vLLM's `prefix_cache_queries_total` / `prefix_cache_hits_total`).
+    pub prefix_cache: Option<PrefixCacheCounters>,
+}
+
+/// A server's prefix-cache counters, in tokens, summed over engines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefixCacheCounters {
+    pub queries: f64,
+    pub hits: f64,
 }
 
 /// What a load family means.
@@ -40,6 +53,10 @@ enum Field {
     KvUsage,
     /// vLLM V0's name for KV usage, used only when the V1 name is absent.
     KvUsageV0,
+    /// vLLM's `cache_config_info`: the KV cache's shape in its labels.
+    CacheConfig,
+    PrefixQueries,
+    PrefixHits,
 }
 
 /// The families read, by name without the exporter prefix.
@@ -49,6 +66,13 @@ fn field_of(flavor: Flavor, name: &str) -> Option<Field> {
         (Flavor::Vllm, "num_requests_waiting") => Field::Waiting,
         (Flavor::Vllm, "kv_cache_usage_perc") => Field::KvUsage,
         (Flavor::Vllm, "gpu_cache_usage_perc") => Field::KvUsageV0,
+        (Flavor::Vllm, "cache_config_info") => Field::CacheConfig,
+        (Flavor::Vllm, "prefix_cache_queries_total" | "gpu_prefix_cache_queries_total") => {
+            Field::PrefixQueries
+        }
+        (Flavor::Vllm, "prefix_cache_hits_total" | "gpu_prefix_cache_hits_total") => {
+            Field::PrefixHits
+        }
         (Flavor::Sglang, "num_running_reqs") => Field::Running,
         (Flavor::Sglang, "num_queue_reqs") => Field::Waiting,
         (Flavor::Sglang, "token_usage") => Field::KvUsage,
@@ -116,6 +140,9 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
     let mut waiting = Sum::default();
     let mut kv = Sum::default();
     let mut kv_v0 = Sum::default();
+    let mut kv_tokens = Sum::default();
+    let mut prefix_queries = Sum::default();
+    let mut prefix_hits = Sum::default();
 
     for line in text.split('\n') {
         let line = line.trim_start();
@@ -138,6 +165,16 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
             Field::Waiting => waiting.add(value),
             Field::KvUsage => kv.add(value),
             Field::KvUsageV0 => kv_v0.add(value),
+            Field::CacheConfig => {
+                let labels = &line[name_end..];
+                let number = |key| label(labels, key).and_then(|v| v.parse::<f64>().ok());
+                if let (Some(blocks), Some(size)) = (number("num_gpu_blocks"), number("block_size"))
+                {
+                    kv_tokens.add(blocks * size);
+                }
+            }
+            Field::PrefixQueries => prefix_queries.add(value),
+            Field::PrefixHits => prefix_hits.add(value),
         }
     }
 
@@ -150,7 +187,33 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
         running: running.total,
         waiting: waiting.total,
         kv_cache_usage: kv.mean().or(kv_v0.mean()).map(|u| u.clamp(0.0, 1.0)),
+        // One `cache_config_info` describes one engine's cache; data-parallel engines (one
+        // running series each) have one each.
+        kv_tokens: (kv_tokens.count > 0).then(|| {
+            let engines = running.count.max(kv_tokens.count);
+            kv_tokens.total / f64::from(kv_tokens.count) * f64::from(engines)
+        }),
+        prefix_cache: (prefix_queries.count > 0).then_some(PrefixCacheCounters {
+            queries: prefix_queries.total,
+            hits: prefix_hits.total,
+        }),
     })
+}
+
+/// The value of label `key` in a `{labels}` text (unescaped values only: the numbers read
+/// here have no escapes).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    let end = labels_end(labels)?;
+    let mut rest = &labels[1..end - 1];
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once("=\"")?;
+        let close = after.find('"')?;
+        if name.trim() == key {
+            return Some(&after[..close]);
+        }
+        rest = after[close + 1..].trim_start_matches(',');
+    }
+    None
 }
 
 /// The value of a sample, given what follows the metric name: optional `{labels}`, then the
@@ -438,6 +501,35 @@ vllm:kv_cache_usage_perc_created{engine=\"0\"} 1.7e9
         assert_eq!(s.running, 6.0);
         assert_eq!(s.waiting, 4.0);
         assert_eq!(s.kv_cache_usage, Some(0.5));
+    }
+
+    #[test]
+    fn kv_size_and_prefix_cache_counters() {
+        let s = load("aibrix-docs_runtime-rst_v0.7-V0-lora.txt");
+        assert_eq!(s.kv_tokens, Some(81767.0 * 16.0), "cache_config_info");
+        let s = load("vllm-0.33-like_text-0.0.4_multiproc.txt");
+        assert_eq!(s.kv_tokens, None, "not reported");
+        let text = "\
+vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",num_gpu_blocks=\"100\"} 1.0
+vllm:num_requests_running{engine=\"0\"} 1
+vllm:num_requests_running{engine=\"1\"} 1
+vllm:prefix_cache_queries_total{engine=\"0\"} 4096.0
+vllm:prefix_cache_queries_total{engine=\"1\"} 4096.0
+vllm:prefix_cache_hits_total{engine=\"0\"} 1536.0
+vllm:prefix_cache_hits_total{engine=\"1\"} 1536.0
+";
+        let s = parse_metrics(text).unwrap();
+        assert_eq!(s.kv_tokens, Some(3200.0), "one info line, two engines");
+        assert_eq!(
+            s.prefix_cache,
+            Some(PrefixCacheCounters {
+                queries: 8192.0,
+                hits: 3072.0
+            })
+        );
+        assert_eq!(label("{a=\"1\",b=\"x}y\"}", "b"), Some("x}y"));
+        assert_eq!(label("{a=\"1\"}", "b"), None);
+        assert_eq!(label("{a=1}", "a"), None, "malformed");
     }
 
     #[test]

@@ -19,35 +19,68 @@ const SMOOTHING: f64 = 0.2;
 /// The largest slowdown factor a server gets, however slow it looks.
 pub const MAX_FACTOR: f64 = 10.0;
 
-/// A server's learned speed (seconds per output token; 0 until its first sample).
+/// A server's learned speed (seconds per output token) and answer length (output tokens per
+/// answer); each 0 until its first sample.
 #[derive(Default)]
 pub struct Speed {
-    seconds_per_token: AtomicU64,
+    seconds_per_token: Ewma,
+    tokens_per_answer: Ewma,
 }
 
 impl Speed {
     /// Seconds per output token, if learned.
     pub fn seconds_per_token(&self) -> Option<f64> {
-        Some(f64::from_bits(self.seconds_per_token.load(Relaxed))).filter(|s| *s > 0.0)
+        self.seconds_per_token.get()
     }
 
-    /// Folds one sample in.
+    /// Folds one speed sample in.
     pub fn observe(&self, seconds_per_token: f64) {
-        if !(seconds_per_token.is_finite() && seconds_per_token > 0.0) {
+        self.seconds_per_token.observe(seconds_per_token);
+    }
+
+    /// Output tokens per answer, if learned: how long a queued request waits for a slot is
+    /// about this many decode steps.
+    pub fn tokens_per_answer(&self) -> Option<f64> {
+        self.tokens_per_answer.get()
+    }
+}
+
+/// An exponentially weighted mean in an atomic (f64 bits; 0 = no sample yet).
+#[derive(Default)]
+struct Ewma(AtomicU64);
+
+impl Ewma {
+    fn get(&self) -> Option<f64> {
+        Some(f64::from_bits(self.0.load(Relaxed))).filter(|s| *s > 0.0)
+    }
+
+    fn observe(&self, sample: f64) {
+        if !(sample.is_finite() && sample > 0.0) {
             return;
         }
         // One writer wins a race; a lost sample among many does not matter.
-        let next = match self.seconds_per_token() {
-            None => seconds_per_token,
-            Some(now) => now + SMOOTHING * (seconds_per_token - now),
+        let next = match self.get() {
+            None => sample,
+            Some(now) => now + SMOOTHING * (sample - now),
         };
-        self.seconds_per_token.store(next.to_bits(), Relaxed);
+        self.0.store(next.to_bits(), Relaxed);
     }
 }
 
 /// Learns from a finished request: a sample for the server that answered it, if it can give
 /// one.
 pub fn learn(request: &RequestContext) {
+    if let (Outcome::Ok, Some(tokens), Some(answer)) = (
+        request.outcome,
+        request.usage.completion_tokens,
+        request.attempts.last(),
+    ) {
+        answer
+            .server()
+            .speed
+            .tokens_per_answer
+            .observe(tokens as f64);
+    }
     let Some(sample) = sample(request) else {
         return;
     };

@@ -1,6 +1,7 @@
 //! Routing policies through the real router: `session` keeps a session on its server and
-//! moves it only when that server goes; `model_policies` gives a model its own policy;
-//! `/load-stats` says which policies are in force.
+//! moves it only when that server goes; `cache-aware` keeps a shared prompt prefix where it is
+//! cached; learned speed follows a server that slows down; `model_policies` gives a model its
+//! own policy; `/load-stats` says which policies are in force.
 
 mod common;
 
@@ -139,4 +140,109 @@ async fn with_equal_queues_the_faster_server_wins() {
     };
     let (f, s) = (speed(&fast.url), speed(&slow.url));
     assert!(s > 3.0 * f, "learned {f} and {s} seconds per token");
+}
+
+/// Sends one chat request whose system prompt is `system` (long) and question `question`;
+/// the server that answered.
+async fn chat_answered_by(router: &RouterProcess, system: &str, question: &str) -> String {
+    let body = json!({"model": "m", "max_tokens": 2, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": question}]});
+    let response = client()
+        .post(router.at("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let server = response.headers()["x-mvllm-upstream"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.bytes().await.unwrap();
+    server
+}
+
+/// The sims' prefix-cache hit rate: hit tokens over looked-up tokens, all sims together.
+async fn hit_rate(sims: &[Sim]) -> f64 {
+    let (mut hits, mut queries) = (0.0, 0.0);
+    for sim in sims {
+        hits += sim.metric("vllm:prefix_cache_hits_total").await;
+        queries += sim.metric("vllm:prefix_cache_queries_total").await;
+    }
+    hits / queries
+}
+
+#[tokio::test]
+async fn cache_aware_sends_a_shared_prefix_where_it_is_cached() {
+    let mut sims = Vec::new();
+    for _ in 0..3 {
+        sims.push(Sim::start(&["--model", "m", "--itl-ms", "1"]).await);
+    }
+    let servers: Vec<(&str, u32)> = sims.iter().map(|s| (s.url.as_str(), 8)).collect();
+    let router = RouterProcess::start(
+        &servers,
+        "expose_routing_headers = true\nmetrics_interval = 0.2\n[routing]\npolicy = \"cache-aware\"\n",
+    )
+    .await;
+
+    // Six long system prompts, five questions each, interleaved and one at a time: each
+    // prompt's requests stay on one server, and the prompts spread over the servers.
+    let systems: Vec<String> = (0..6)
+        .map(|p| format!("You are assistant number {p}. ").repeat(150))
+        .collect();
+    let mut home = HashMap::new();
+    for q in 0..5 {
+        for (p, system) in systems.iter().enumerate() {
+            let server = chat_answered_by(&router, system, &format!("question {q}")).await;
+            let first = home.entry(p).or_insert(server.clone());
+            assert_eq!(*first, server, "system prompt {p} moved at question {q}");
+        }
+    }
+    let used: std::collections::HashSet<_> = home.values().collect();
+    assert!(used.len() >= 2, "six prompts on one server: {home:?}");
+    // All but each prompt's first request find its system prompt cached: the ideal is 4 of 5
+    // prompts' worth (the questions are a few tokens).
+    let rate = hit_rate(&sims).await;
+    assert!(rate > 0.7, "prefix-cache hit rate {rate:.2}");
+
+    let stats = get_json(router.at("/load-stats")).await;
+    let policy = stats["policy"].as_str().unwrap();
+    assert!(policy.starts_with("cache-aware (prefix index"), "{policy}");
+}
+
+#[tokio::test]
+async fn a_server_that_slows_down_gets_less_traffic() {
+    let a = Sim::start(&["--model", "m", "--itl-ms", "2"]).await;
+    let b = Sim::start(&["--model", "m", "--itl-ms", "2"]).await;
+    let router = RouterProcess::start(
+        &[(&a.url, 4), (&b.url, 4)],
+        "expose_routing_headers = true\n",
+    )
+    .await;
+    let mut to_a = 0;
+    for _ in 0..20 {
+        if answered_after(&router, "m", None, 10).await == a.url {
+            to_a += 1;
+        }
+    }
+    assert!(
+        (3..=17).contains(&to_a),
+        "equal servers share: {to_a} of 20 to a"
+    );
+
+    // a throttles to a tenth of its speed: within a few of its answers, b takes nearly all.
+    let (status, _) = a.post_json("/sim/faults", &json!({"slowdown": 10.0})).await;
+    assert_eq!(status, 200);
+    let mut late_to_a = 0;
+    for i in 0..40 {
+        let server = answered_after(&router, "m", None, 10).await;
+        if i >= 20 && server == a.url {
+            late_to_a += 1;
+        }
+    }
+    assert!(
+        late_to_a <= 2,
+        "{late_to_a} of the last 20 to the slowed server"
+    );
 }

@@ -89,6 +89,7 @@ async fn bad_fault_settings_are_refused_and_change_nothing() {
         json!({"eror_rate": 1}),
         json!({"hang_rate": -1}),
         json!({"error_status": 200}),
+        json!({"slowdown": 0}),
         json!([1]),
     ] {
         let r = client()

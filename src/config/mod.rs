@@ -629,7 +629,7 @@ health_check_consecutive_failures = 3
         assert_eq!(
             bad,
             "servers.toml: line 2, key routing.policy: must be one of \"least-load\", \
-             \"power-of-two\", \"round-robin\", \"random\", \"session\", got \"fastest\""
+             \"power-of-two\", \"round-robin\", \"random\", \"session\", \"cache-aware\", got \"fastest\""
         );
         let c = parse(
             "[routing]\nmodel_policies = { \"llama-70b\" = \"session\", chat = \"power-of-two\" }\n\

@@ -107,5 +107,11 @@ section! {
         /// How far above its fair share of the load (by capacity) a server keeps taking its
         /// sessions (`session` policy) before the next server on the ring takes new requests.
         session_load_bound: f64 = Number { default: 1.25, min: 1.0, max: 10.0 },
+        /// The most memory the `cache-aware` policy's prefix index takes, in MiB (one index
+        /// per policy: the default and each model's own).
+        cache_budget_mib: f64 = Number { default: 32.0, min: 1.0, max: 65536.0 },
+        /// How long the `cache-aware` policy remembers a prefix that no request used, in
+        /// seconds (servers evict by cache pressure too; the index follows their KV size).
+        cache_idle_seconds: f64 = Number { default: 3600.0, min: 1.0, max: 604800.0 },
     }
 }

@@ -34,23 +34,7 @@ impl Policy for LeastLoad {
 
     fn pick<'a>(&self, candidates: &[&'a Backend], _request: &RequestFeatures) -> &'a Backend {
         let relative = Relative::among(candidates);
-        // One pass, no allocation: keep the best so far; among equal costs, the k-th one seen
-        // replaces the choice with probability 1/k, so each tied server is equally likely.
-        let mut chosen = candidates[0];
-        let mut best = cost(chosen, &relative);
-        let mut ties = 1;
-        for &backend in &candidates[1..] {
-            let score = cost(backend, &relative);
-            if score < best - 1e-9 {
-                (chosen, best, ties) = (backend, score, 1);
-            } else if score <= best + 1e-9 {
-                ties += 1;
-                if fastrand::usize(..ties) == 0 {
-                    chosen = backend;
-                }
-            }
-        }
-        chosen
+        super::lowest(candidates, |b| cost(b, &relative))
     }
 
     fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {

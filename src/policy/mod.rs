@@ -7,21 +7,28 @@
 //! one in force is named by `[routing] policy` in servers.toml and built by [`build`], and a
 //! reload can replace it.
 
+mod cache_aware;
 mod least_load;
 mod power_of_two;
+mod prefix_index;
 mod random;
 mod round_robin;
 mod session;
 
+pub use cache_aware::CacheAware;
 pub use least_load::LeastLoad;
 pub use power_of_two::PowerOfTwo;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use session::SessionAffinity;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use crate::backend::Backend;
 use crate::config::Routing;
 use crate::features::RequestFeatures;
+use prefix_index::PrefixIndex;
 
 /// Picks one server among the eligible ones.
 pub trait Policy: Send + Sync {
@@ -41,6 +48,11 @@ pub trait Policy: Send + Sync {
     fn describe(&self) -> String {
         self.name().to_string()
     }
+
+    /// The prefix index, for a policy that keeps one: a reload hands it to the new policy.
+    fn prefix_index(&self) -> Option<&Arc<Mutex<PrefixIndex>>> {
+        None
+    }
 }
 
 /// The policies `[routing] policy` may name.
@@ -50,6 +62,7 @@ pub const NAMES: &[&str] = &[
     "round-robin",
     "random",
     "session",
+    "cache-aware",
 ];
 
 /// The policies in force: the default, and the ones `[routing] model_policies` sets for some
@@ -89,14 +102,23 @@ impl Policies {
     }
 }
 
-/// Builds one policy by name.
-fn one(name: &str, routing: &Routing) -> Result<Box<dyn Policy>, String> {
+/// Builds one policy by name; `previous` is the policy it replaces on a reload.
+fn one(
+    name: &str,
+    routing: &Routing,
+    previous: Option<&dyn Policy>,
+) -> Result<Box<dyn Policy>, String> {
     Ok(match name {
         "least-load" => Box::new(LeastLoad),
         "power-of-two" => Box::new(PowerOfTwo),
         "round-robin" => Box::new(RoundRobin::default()),
         "random" => Box::new(Random),
         "session" => Box::new(SessionAffinity::new(routing.session_load_bound)),
+        "cache-aware" => Box::new(CacheAware::new(
+            (routing.cache_budget_mib * 1024.0 * 1024.0) as usize,
+            Duration::from_secs_f64(routing.cache_idle_seconds),
+            previous,
+        )),
         other => {
             return Err(format!(
                 "unknown policy {other:?}; the policies are: {}",
@@ -106,17 +128,54 @@ fn one(name: &str, routing: &Routing) -> Result<Box<dyn Policy>, String> {
     })
 }
 
-/// Builds the policies a `[routing]` section names.
-pub fn build(routing: &Routing) -> Result<Policies, String> {
+/// Builds the policies a `[routing]` section names. On a reload, `previous` are the ones in
+/// force: what they learned passes to the new ones where the policy is the same.
+pub fn build(routing: &Routing, previous: Option<&Policies>) -> Result<Policies, String> {
+    let previous_for = |model: Option<&str>| {
+        previous.map(|p| match model {
+            Some(model) => p
+                .per_model
+                .iter()
+                .find(|(m, _)| m == model)
+                .map_or(&*p.default, |(_, policy)| &**policy),
+            None => &*p.default,
+        })
+    };
     let per_model = routing
         .model_policies
         .iter()
-        .map(|(model, name)| Ok((model.clone(), one(name, routing)?)))
+        .map(|(model, name)| {
+            Ok((
+                model.clone(),
+                one(name, routing, previous_for(Some(model)))?,
+            ))
+        })
         .collect::<Result<_, String>>()?;
     Ok(Policies {
-        default: one(routing.policy, routing)?,
+        default: one(routing.policy, routing, previous_for(None))?,
         per_model,
     })
+}
+
+/// The candidate with the lowest `cost`, in one pass without allocating. Ties are broken at
+/// random (the k-th tied one seen replaces the choice with probability 1/k, so each is equally
+/// likely): equal servers share the load instead of the first in the list taking it all.
+fn lowest<'a>(candidates: &[&'a Backend], mut cost: impl FnMut(&Backend) -> f64) -> &'a Backend {
+    let mut chosen = candidates[0];
+    let mut best = cost(chosen);
+    let mut ties = 1;
+    for &backend in &candidates[1..] {
+        let score = cost(backend);
+        if score < best - 1e-9 {
+            (chosen, best, ties) = (backend, score, 1);
+        } else if score <= best + 1e-9 {
+            ties += 1;
+            if fastrand::usize(..ties) == 0 {
+                chosen = backend;
+            }
+        }
+    }
+    chosen
 }
 
 /// Index of a candidate drawn in proportion to capacity from `u` (uniform in [0, 1)),
@@ -220,25 +279,28 @@ mod tests {
     fn the_factory_builds_named_policies_and_lists_the_others() {
         let routing = Routing::default();
         assert_eq!(
-            build(&routing).unwrap().default_policy().name(),
+            build(&routing, None).unwrap().default_policy().name(),
             "least-load"
         );
         let fastest = Routing {
             policy: "fastest",
             ..Routing::default()
         };
-        let err = build(&fastest).err().unwrap();
+        let err = build(&fastest, None).err().unwrap();
         assert_eq!(
             err,
             "unknown policy \"fastest\"; the policies are: least-load, power-of-two, \
-             round-robin, random, session"
+             round-robin, random, session, cache-aware"
         );
         for name in NAMES {
             let routing = Routing {
                 policy: name,
                 ..Routing::default()
             };
-            assert_eq!(build(&routing).unwrap().default_policy().name(), *name);
+            assert_eq!(
+                build(&routing, None).unwrap().default_policy().name(),
+                *name
+            );
         }
     }
 
@@ -248,7 +310,7 @@ mod tests {
             model_policies: vec![("chat".into(), "session")],
             ..Routing::default()
         };
-        let policies = build(&routing).unwrap();
+        let policies = build(&routing, None).unwrap();
         assert_eq!(policies.for_model(Some("chat")).name(), "session");
         assert_eq!(policies.for_model(Some("other")).name(), "least-load");
         assert_eq!(policies.for_model(None).name(), "least-load");

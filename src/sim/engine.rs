@@ -90,7 +90,14 @@ pub struct Engines {
 
 impl Engines {
     /// Starts one engine task per entry of `metrics`' engines on the current tokio runtime.
-    pub fn start(count: usize, shape: EngineShape, cost: StepCost, metrics: &SimMetrics) -> Self {
+    /// `slowdown` multiplies every step's time (f64 bits; the sim's `slowdown` fault).
+    pub fn start(
+        count: usize,
+        shape: EngineShape,
+        cost: StepCost,
+        metrics: &SimMetrics,
+        slowdown: Arc<AtomicU64>,
+    ) -> Self {
         let engines = (0..count)
             .map(|index| {
                 let (commands, inbox) = mpsc::unbounded_channel();
@@ -103,6 +110,7 @@ impl Engines {
                     ),
                     inbox,
                     cost,
+                    slowdown: Arc::clone(&slowdown),
                     metrics: metrics.engine(index),
                     outstanding: Arc::clone(&outstanding),
                     live: HashMap::new(),
@@ -220,6 +228,7 @@ struct Driver {
     scheduler: Scheduler,
     inbox: mpsc::UnboundedReceiver<Command>,
     cost: StepCost,
+    slowdown: Arc<AtomicU64>,
     metrics: Arc<EngineMetrics>,
     outstanding: Arc<AtomicUsize>,
     live: HashMap<u64, LiveRequest>,
@@ -257,10 +266,12 @@ impl Driver {
             };
             let report = self.scheduler.step();
             self.publish_gauges();
+            let slowdown = f64::from_bits(self.slowdown.load(Relaxed));
             let end = start
                 + self
                     .cost
-                    .step_time(report.batch_size, report.prefill_tokens);
+                    .step_time(report.batch_size, report.prefill_tokens)
+                    .mul_f64(slowdown);
             if end > Instant::now() {
                 tokio::time::sleep_until(end).await;
             } else {
@@ -379,7 +390,8 @@ mod tests {
             batch_slope: 0.0,
             prefill_per_token: Duration::ZERO,
         };
-        (Engines::start(1, shape, cost, &metrics), metrics)
+        let slowdown = Arc::new(AtomicU64::new(1f64.to_bits()));
+        (Engines::start(1, shape, cost, &metrics, slowdown), metrics)
     }
 
     fn request(output_len: u32) -> GenRequest {

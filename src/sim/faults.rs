@@ -82,6 +82,10 @@ pub struct Faults {
     /// lag its engine by up to seconds).
     #[arg(long = "fault-metrics-lag-ms", default_value_t = 0, value_name = "MS")]
     pub metrics_lag_ms: u64,
+    /// Every engine step takes this many times as long (1: as configured; 3: a GPU throttled
+    /// to a third of its speed, or sharing it with a noisy neighbour).
+    #[arg(long = "fault-slowdown", default_value_t = 1.0, value_name = "FACTOR")]
+    pub slowdown: f64,
     /// Serve these model names instead of the configured ones (on /v1/models and for routing
     /// requests), as if the server had been restarted with another model.
     #[arg(long = "fault-models", value_delimiter = ',', num_args = 1.., value_name = "NAMES")]
@@ -100,6 +104,7 @@ impl Default for Faults {
             metrics: MetricsFault::Ok,
             metrics_delay_ms: 0,
             metrics_lag_ms: 0,
+            slowdown: 1.0,
             models: None,
         }
     }
@@ -121,6 +126,12 @@ impl Faults {
             return Err(format!(
                 "error_status must be an HTTP error status (400-599), got {}",
                 self.error_status
+            ));
+        }
+        if !(0.01..=1000.0).contains(&self.slowdown) {
+            return Err(format!(
+                "slowdown must be a factor between 0.01 and 1000, got {}",
+                self.slowdown
             ));
         }
         if self.models.as_ref().is_some_and(|m| m.is_empty()) {
@@ -151,15 +162,23 @@ pub struct FaultState {
     current: ArcSwap<Faults>,
     sequence: AtomicU64,
     seed: u64,
+    /// The current `slowdown` (f64 bits), shared with the engines, which read it every step.
+    slowdown: Arc<AtomicU64>,
 }
 
 impl FaultState {
     pub fn new(initial: Faults, seed: u64) -> Self {
         FaultState {
+            slowdown: Arc::new(AtomicU64::new(initial.slowdown.to_bits())),
             current: ArcSwap::from_pointee(initial),
             sequence: AtomicU64::new(0),
             seed,
         }
+    }
+
+    /// The step-time factor, as the engines read it.
+    pub fn slowdown(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.slowdown)
     }
 
     pub fn get(&self) -> Arc<Faults> {
@@ -168,6 +187,7 @@ impl FaultState {
 
     pub fn set(&self, faults: Faults) -> Result<(), String> {
         faults.validate()?;
+        self.slowdown.store(faults.slowdown.to_bits(), Relaxed);
         self.current.store(Arc::new(faults));
         Ok(())
     }

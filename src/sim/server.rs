@@ -59,8 +59,14 @@ impl SimState {
             cfg.shape.block_size,
             cfg.shape.num_gpu_blocks,
         );
-        let engines = Engines::start(cfg.engines, cfg.shape, cfg.cost, &metrics);
         let faults = FaultState::new(cfg.faults.clone(), cfg.seed);
+        let engines = Engines::start(
+            cfg.engines,
+            cfg.shape,
+            cfg.cost,
+            &metrics,
+            faults.slowdown(),
+        );
         let started = unix_now();
         let state = Arc::new(SimState {
             engines,

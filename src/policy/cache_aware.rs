@@ -1,0 +1,282 @@
+//! `cache-aware`: the server expected to give the first token soonest, counting what of the
+//! prompt its KV cache already holds.
+//!
+//! A server that has the prompt's prefix cached skips that part of the prefill; a server that
+//! is busier makes the request wait. Both are put in one unit, the expected time to first
+//! token in decode steps of the fastest candidate, so there is no threshold to tune: a cached
+//! server wins while its saving is larger than its extra wait, and loses to an idle one as soon
+//! as it is not. What each server holds comes from the prefix index (prefix_index.rs), fed by
+//! the requests this policy routes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::prefix_index::{chunk_hashes, PrefixIndex, BYTES_PER_TOKEN, CHUNK_BYTES};
+use super::Policy;
+use crate::backend::Backend;
+use crate::features::RequestFeatures;
+use crate::speed::Relative;
+
+/// What a prompt token's prefill costs, in decode steps: vLLM on current GPUs prefills on the
+/// order of 10,000 prompt tokens a second and runs 50–100 decode steps a second, so a prompt
+/// token is about a hundredth of a step. (`mvllm sim` defaults to the same: 100 µs a prompt
+/// token, 10 ms a step.)
+const PREFILL_STEPS_PER_TOKEN: f64 = 0.01;
+
+/// The answer length assumed until a server's is learned (speed.rs), in tokens.
+const DEFAULT_ANSWER_TOKENS: f64 = 128.0;
+
+/// Picks the server with the lowest expected time to first token (see [`expected_ttft`]).
+pub struct CacheAware {
+    index: Arc<Mutex<PrefixIndex>>,
+}
+
+impl CacheAware {
+    /// A policy with a prefix index of `budget` bytes that forgets prefixes idle for
+    /// `max_idle`; `previous` (the policy a reload replaces) passes its index on when its
+    /// budget is the same, so a reload does not forget what the servers hold.
+    pub fn new(budget: usize, max_idle: Duration, previous: Option<&dyn Policy>) -> CacheAware {
+        let kept = previous
+            .and_then(|p| p.prefix_index())
+            .filter(|index| index.lock().is_ok_and(|i| i.budget() == budget));
+        CacheAware {
+            index: kept
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Mutex::new(PrefixIndex::new(budget, max_idle)))),
+        }
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, PrefixIndex> {
+        // The index is only ever left half-updated by a panic in its own code; what it holds
+        // is advice, so a poisoned lock is taken as it is.
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Each candidate's expected time to first token, the prompt, and how deep each server
+    /// holding some of it matches.
+    fn estimate(
+        &self,
+        candidates: &[&Backend],
+        request: &RequestFeatures,
+    ) -> (Vec<f64>, Prompt, Vec<(u32, usize)>) {
+        // Hashing the prompt needs no lock.
+        let prompt = Prompt::of(request);
+        let depths = self.index().matched(&prompt.hashes);
+        let relative = Relative::among(candidates);
+        let costs = candidates
+            .iter()
+            .map(|b| {
+                let depth = depth_of(&depths, b.state.id);
+                expected_ttft(b, &relative, prompt.tokens, prompt.cached_tokens(depth))
+            })
+            .collect();
+        (costs, prompt, depths)
+    }
+}
+
+/// A request's prompt as the index sees it.
+struct Prompt {
+    hashes: Vec<u64>,
+    /// Its length in tokens, estimated from its bytes.
+    tokens: f64,
+}
+
+impl Prompt {
+    fn of(request: &RequestFeatures) -> Prompt {
+        let text = request.prompt().unwrap_or_default();
+        Prompt {
+            hashes: chunk_hashes(request.model.as_deref().unwrap_or(""), text),
+            tokens: (text.len() / BYTES_PER_TOKEN) as f64,
+        }
+    }
+
+    /// Tokens cached on a server holding its first `depth` chunks.
+    fn cached_tokens(&self, depth: usize) -> f64 {
+        ((depth * CHUNK_BYTES / BYTES_PER_TOKEN) as f64).min(self.tokens)
+    }
+}
+
+/// How many leading chunks the server with `id` holds, from [`PrefixIndex::matched`]'s list.
+fn depth_of(depths: &[(u32, usize)], id: u32) -> usize {
+    depths
+        .binary_search_by_key(&id, |&(server, _)| server)
+        .map_or(0, |i| depths[i].1)
+}
+
+/// The expected time to first token on `backend`, in decode steps of the fastest candidate:
+///
+/// - its utilisation with this request, u = (load + 1) / capacity, slows every step: a full
+///   batch steps about twice as slowly as an empty one, so the request's first step (which
+///   holds its prefill) takes (1 + u) steps;
+/// - the prefill is the prompt tokens not in its cache, at [`PREFILL_STEPS_PER_TOKEN`];
+/// - past capacity the request queues: each request ahead in the queue waits for a slot, and
+///   slots free up at capacity per answer length (the server's learned tokens per answer);
+/// - all of it times how much slower than the fastest candidate the server decodes.
+pub fn expected_ttft(
+    backend: &Backend,
+    relative: &Relative,
+    prompt_tokens: f64,
+    cached_tokens: f64,
+) -> f64 {
+    let capacity = f64::from(backend.cfg.max_concurrent_requests.max(1));
+    let utilisation = (backend.load_units() + 1.0) / capacity;
+    let prefill = (prompt_tokens - cached_tokens).max(0.0) * PREFILL_STEPS_PER_TOKEN;
+    let answer = backend
+        .state
+        .speed
+        .tokens_per_answer()
+        .unwrap_or(DEFAULT_ANSWER_TOKENS);
+    let queue = (utilisation - 1.0).max(0.0) * answer;
+    relative.factor(backend) * ((1.0 + utilisation) * (1.0 + prefill) + queue)
+}
+
+impl Policy for CacheAware {
+    fn name(&self) -> &'static str {
+        "cache-aware"
+    }
+
+    fn pick<'a>(&self, candidates: &[&'a Backend], request: &RequestFeatures) -> &'a Backend {
+        let (costs, prompt, depths) = self.estimate(candidates, request);
+        let mut next = costs.iter();
+        let chosen = super::lowest(candidates, |_| next.next().copied().unwrap_or(f64::MAX));
+        let sample = chosen.state.load.load();
+        let kv_chunks = sample
+            .as_ref()
+            .and_then(|s| s.kv_tokens)
+            .map(|tokens| (tokens * BYTES_PER_TOKEN as f64 / CHUNK_BYTES as f64) as usize);
+        let mut index = self.index();
+        if let Some(counters) = sample.as_ref().and_then(|s| s.prefix_cache) {
+            index.observe_counters(chosen.state.id, counters.queries, counters.hits);
+        }
+        let depth = depth_of(&depths, chosen.state.id);
+        index.record(chosen.state.id, &prompt.hashes, kv_chunks, depth);
+        chosen
+    }
+
+    fn scores(&self, candidates: &[&Backend], request: &RequestFeatures) -> Vec<f64> {
+        self.estimate(candidates, request).0
+    }
+
+    fn describe(&self) -> String {
+        let index = self.index();
+        format!(
+            "cache-aware (prefix index {} of {} KiB, {} prefix chunks of {CHUNK_BYTES} B)",
+            index.bytes() / 1024,
+            index.budget() / 1024,
+            index.pairs()
+        )
+    }
+
+    fn prefix_index(&self) -> Option<&Arc<Mutex<PrefixIndex>>> {
+        Some(&self.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::tests::healthy;
+    use bytes::Bytes;
+
+    fn policy() -> CacheAware {
+        CacheAware::new(1 << 20, Duration::from_secs(3600), None)
+    }
+
+    /// A chat request whose system prompt is `system` repeated to `bytes` bytes.
+    fn chat(system: &str, bytes: usize, question: &str) -> RequestFeatures {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{}"}},{{"role":"user","content":"{question}"}}]}}"#,
+            system.repeat(bytes / system.len())
+        );
+        crate::features::tests::features_of(Bytes::from(body))
+    }
+
+    #[test]
+    fn requests_sharing_a_prefix_go_where_it_is_cached() {
+        let servers: Vec<Backend> = (0..4)
+            .map(|i| healthy(&format!("http://s{i}"), 8, &["m"], 1.0))
+            .collect();
+        let all: Vec<&Backend> = servers.iter().collect();
+        let policy = policy();
+        let first = policy.pick(&all, &chat("You are a pirate. ", 8000, "q0"));
+        for i in 1..20 {
+            let chosen = policy.pick(&all, &chat("You are a pirate. ", 8000, &format!("q{i}")));
+            assert_eq!(chosen.cfg.url, first.cfg.url, "request {i}");
+        }
+        // Another system prompt has no home yet: it goes by load, like the first did.
+        let scores = policy.scores(&all, &chat("You are a poet. ", 8000, "q"));
+        assert!(
+            scores.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-9),
+            "{scores:?}"
+        );
+    }
+
+    #[test]
+    fn a_cached_server_much_busier_loses_to_an_idle_one() {
+        let cached = healthy("http://cached", 8, &["m"], 0.0);
+        let idle = healthy("http://idle", 8, &["m"], 0.0);
+        let policy = policy();
+        let request = chat("Long shared context. ", 8000, "q");
+        assert_eq!(policy.pick(&[&cached], &request).cfg.url, "http://cached");
+        let both = [&cached, &idle];
+        // Moderately busy: the saved prefill (2,000 tokens, 20 steps) outweighs a fuller batch.
+        let _busy: Vec<_> = (0..6).map(|_| cached.state.start_request()).collect();
+        assert_eq!(policy.pick(&both, &request).cfg.url, "http://cached");
+        // Past its capacity with a queue, the wait is longer than the prefill saved.
+        let _queue: Vec<_> = (0..8).map(|_| cached.state.start_request()).collect();
+        let scores = policy.scores(&both, &request);
+        assert!(scores[0] > scores[1], "{scores:?}");
+        assert_eq!(policy.pick(&both, &request).cfg.url, "http://idle");
+        // Every turn of a conversation resends the history: the next turn finds it too.
+        let next = chat("Long shared context. ", 8000, "q and then more");
+        let depths = policy.index().matched(&Prompt::of(&next).hashes);
+        assert_eq!(depths.len(), 2, "both have the shared head now: {depths:?}");
+    }
+
+    #[test]
+    fn with_equal_caches_the_faster_and_idler_server_wins() {
+        let fast = healthy("http://fast", 8, &["m"], 2.0);
+        let slow = healthy("http://slow", 8, &["m"], 2.0);
+        fast.state.speed.observe(0.01);
+        slow.state.speed.observe(0.03);
+        let policy = policy();
+        for i in 0..10 {
+            let request = chat("Unique. ", 400, &format!("{i}"));
+            assert_eq!(
+                policy.pick(&[&slow, &fast], &request).cfg.url,
+                "http://fast"
+            );
+        }
+        let idle = healthy("http://idle", 8, &["m"], 0.0);
+        let busy = healthy("http://busy", 8, &["m"], 6.0);
+        let request = chat("Short. ", 40, "q");
+        assert_eq!(
+            policy.pick(&[&busy, &idle], &request).cfg.url,
+            "http://idle"
+        );
+    }
+
+    #[test]
+    fn requests_without_a_prompt_go_by_load_and_a_reload_keeps_the_index() {
+        let busy = healthy("http://busy", 8, &["m"], 6.0);
+        let idle = healthy("http://idle", 8, &["m"], 0.0);
+        let policy = policy();
+        let bare = RequestFeatures::default();
+        assert_eq!(policy.pick(&[&busy, &idle], &bare).cfg.url, "http://idle");
+
+        policy.pick(&[&idle], &chat("Kept. ", 4000, "q"));
+        let pairs = policy.index().pairs();
+        assert!(pairs > 0);
+        let reloaded = CacheAware::new(1 << 20, Duration::from_secs(3600), Some(&policy));
+        assert_eq!(
+            reloaded.index().pairs(),
+            pairs,
+            "same budget: the index is kept"
+        );
+        let resized = CacheAware::new(2 << 20, Duration::from_secs(3600), Some(&policy));
+        assert_eq!(resized.index().pairs(), 0, "a new budget starts afresh");
+        assert!(policy.describe().starts_with("cache-aware (prefix index "));
+    }
+}
