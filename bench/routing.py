@@ -404,6 +404,63 @@ def tables(runs):
     return "\n".join(lines)
 
 
+def targets(runs):
+    """Issue 8's targets, each with the figures it compares and whether it is met."""
+    s = summary(runs)
+    lines = ["| target | workload | figures | met |", "| --- | --- | --- | --- |"]
+
+    def med(w, r, f):
+        return s[(w, r)][f][0] if (w, r) in s else None
+
+    def row(target, w, text, ok):
+        lines.append(f"| {target} | {w} | {text} | {'yes' if ok else '**no**'} |")
+
+    peers_ca = ["sglang:cache_aware", "vllm:cache_aware"]
+    peers = peers_ca + ["sglang:power_of_two", "vllm:power_of_two"]
+    for w in ("c50", "c80", "d50", "d80"):
+        ours = "mvllm:cache-aware"
+        if med(w, ours, "ttft_p99") is None:
+            continue
+        p99 = {r: med(w, r, "ttft_p99") for r in peers_ca if med(w, r, "ttft_p99") is not None}
+        if p99:
+            best = min(p99, key=p99.get)
+            row("TTFT p99 ≤ ½ the better peer cache_aware", w,
+                f"{med(w, ours, 'ttft_p99') * 1e3:.0f} ms vs {best} {p99[best] * 1e3:.0f} ms "
+                f"({med(w, ours, 'ttft_p99') / p99[best]:.2f}×)",
+                med(w, ours, "ttft_p99") <= 0.5 * p99[best])
+        p50 = {r: med(w, r, "ttft_p50") for r in peers if med(w, r, "ttft_p50") is not None}
+        if p50:
+            best = min(p50, key=p50.get)
+            row("TTFT p50 ≤ the best peer's", w,
+                f"{med(w, ours, 'ttft_p50') * 1e3:.0f} ms vs {best} {p50[best] * 1e3:.0f} ms",
+                med(w, ours, "ttft_p50") <= p50[best])
+        sg = med(w, "sglang:cache_aware", "hit_rate")
+        if sg:
+            row("prefix hits ≥ 90 % of sglang-router's", w,
+                f"{med(w, ours, 'hit_rate') * 100:.0f} % vs {sg * 100:.0f} % "
+                f"({med(w, ours, 'hit_rate') / sg:.2f}×)", med(w, ours, "hit_rate") >= 0.9 * sg)
+    for w in ("a50", "a80", "a95", "e50"):
+        baseline = [r for r in ("mvllm:round-robin", "nginx") if med(w, r, "ttft_p99") is not None]
+        if not baseline:
+            continue
+        rr = min(med(w, r, "ttft_p99") for r in baseline)
+        ours = [r for r in ROUTERS if r.startswith("mvllm:") and med(w, r, "ttft_p99") is not None]
+        worse = [r for r in ours if med(w, r, "ttft_p99") > rr]
+        row("no policy of ours worse than round-robin (TTFT p99)", w,
+            f"round-robin {rr * 1e3:.0f} ms; " + ", ".join(
+                f"{r[6:]} {med(w, r, 'ttft_p99') * 1e3:.0f}" for r in ours), not worse)
+        everyone = [r for r in ROUTERS if (w, r) in s]
+        best = min(everyone, key=lambda r: med(w, r, "ttft_p99"))
+        ll = s.get((w, "mvllm:least-load"))
+        if ll:
+            low, high = ll["ttft_p99"][1], s[(w, best)]["ttft_p99"][2]
+            row("least-load best or within noise of best (TTFT p99)", w,
+                f"least-load {ll['ttft_p99'][0] * 1e3:.0f} ms (min {low * 1e3:.0f}), best "
+                f"{best} {med(w, best, 'ttft_p99') * 1e3:.0f} ms (max {high * 1e3:.0f})",
+                low <= high)
+    return "\n".join(lines)
+
+
 def chart(runs, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -437,9 +494,14 @@ def main():
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--routers", nargs="+", default=ROUTERS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the tables and chart from the runs in routing.json")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        report(json.loads((out / "routing.json").read_text()), out)
+        return
     runs = []
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mvllm-routing-"))
     started = time.monotonic()
@@ -460,9 +522,13 @@ def main():
                 (out / "routing.json").write_text(json.dumps(runs, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    (out / "routing.md").write_text(tables(runs))
+    report(runs, out)
+
+
+def report(runs, out):
+    (out / "routing.md").write_text(tables(runs) + "\n#### Targets\n\n" + targets(runs) + "\n")
     chart(runs, out / "routing.png")
-    print(tables(runs))
+    print((out / "routing.md").read_text())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
 //! failures of real requests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,11 +60,7 @@ impl Backend {
     /// The estimate is the larger: the floor when the router is the only client and the
     /// scrape lags, the scrape when other clients (or router replicas) add load.
     pub fn load_units(&self) -> f64 {
-        let (running, waiting) = match &*self.state.load.load() {
-            Some(s) => (s.running, s.waiting),
-            None => (0.0, 0.0),
-        };
-        let scraped = running + 0.5 * waiting + f64::from(self.state.unscraped.load(Relaxed));
+        let scraped = self.state.scraped_units() + f64::from(self.state.unscraped.load(Relaxed));
         let in_flight = f64::from(self.state.in_flight());
         let capacity = f64::from(self.cfg.max_concurrent_requests.max(1));
         let floor = in_flight.min(capacity) + 0.5 * (in_flight - capacity).max(0.0);
@@ -77,15 +75,58 @@ impl Backend {
     }
 }
 
+/// Models a server may serve and still be checked without reading its list (most serve one,
+/// some a few LoRA adapters).
+const MODEL_SLOTS: usize = 4;
+
+/// A model id and its hash, computed once per request.
+pub struct ModelId<'a> {
+    id: &'a str,
+    hash: u64,
+}
+
+impl<'a> ModelId<'a> {
+    pub fn new(id: &'a str) -> ModelId<'a> {
+        ModelId {
+            id,
+            hash: xxhash_rust::xxh3::xxh3_64(id.as_bytes()),
+        }
+    }
+}
+
 /// What the router knows about one server.
+///
+/// `repr(C)` with the fields every choice of a server reads for every candidate first
+/// (eligibility, load, speed), so that they share the allocation's first cache lines: with a
+/// thousand servers, a choice is bound by how many lines it touches.
+#[repr(C)]
 pub struct ServerState {
-    pub url: Arc<str>,
+    /// Requests the router is forwarding to this server right now.
+    in_flight: AtomicU32,
+    /// Of those, the ones started since the last scrape: the scrape does not count them yet.
+    unscraped: AtomicU32,
     /// A number no other server of this process has: a key for per-server tables that is
     /// cheaper than the URL (the cache-aware policy's prefix index).
     pub id: u32,
+    healthy: AtomicBool,
+    /// Its running + 0.5 × waiting (f64 bits), kept beside it because every choice of a
+    /// server reads it for every candidate: an atomic is cheaper to read than the sample.
+    scraped_units: AtomicU64,
+    /// How fast it answers, learned from its answers (speed.rs).
+    pub speed: Speed,
+    /// Whether real traffic has taken it out for a while (ejection.rs).
+    pub ejection: Ejection,
+    /// The models the server serves, from its last good `/v1/models`.
+    pub models: ArcSwap<Vec<ModelCard>>,
+    /// The same models' ids hashed ([`ModelId`]), while there are at most [`MODEL_SLOTS`]:
+    /// `serves` runs for every server on every request, and reading atomics beside the load
+    /// is much cheaper than loading the list. `model_slots` is how many are valid, or
+    /// `u32::MAX` when the list is longer (or being changed): then the list is read.
+    model_hashes: [AtomicU64; MODEL_SLOTS],
+    model_slots: AtomicU32,
+    pub url: Arc<str>,
     /// The server's address, resolved off the request path (see poller.rs).
     pub addr: ArcSwapOption<SocketAddr>,
-    healthy: AtomicBool,
     /// A server that has never been healthy joins at its first good scrape; one that failed
     /// needs `recovery_threshold` good scrapes in a row.
     ever_healthy: AtomicBool,
@@ -93,18 +134,12 @@ pub struct ServerState {
     consecutive_successes: AtomicU32,
     /// The last scraped load, if any scrape succeeded.
     pub load: ArcSwapOption<LoadSample>,
-    /// The models the server serves, from its last good `/v1/models`.
-    pub models: ArcSwap<Vec<ModelCard>>,
     /// Whether `/v1/models` ever answered: until then the server's models are unknown.
     models_known: AtomicBool,
     /// Unix time (ms) of the last scrape attempt, 0 if none.
     last_check_ms: AtomicU64,
     /// Why the server is not healthy, or the last failure seen.
     pub last_error: ArcSwapOption<String>,
-    /// Requests the router is forwarding to this server right now.
-    in_flight: AtomicU32,
-    /// Of those, the ones started since the last scrape: the scrape does not count them yet.
-    unscraped: AtomicU32,
     /// Incremented at every scrape; an in-flight request started in an older epoch is already
     /// part of the scraped numbers.
     epoch: AtomicU64,
@@ -115,10 +150,6 @@ pub struct ServerState {
     load_gap: AtomicU64,
     /// Its handles into the stats hub.
     pub stats: ServerStats,
-    /// Whether real traffic has taken it out for a while (ejection.rs).
-    pub ejection: Ejection,
-    /// How fast it answers, learned from its answers (speed.rs).
-    pub speed: Speed,
 }
 
 impl ServerState {
@@ -134,7 +165,10 @@ impl ServerState {
             consecutive_failures: AtomicU32::new(0),
             consecutive_successes: AtomicU32::new(0),
             load: ArcSwapOption::empty(),
+            scraped_units: AtomicU64::new(0f64.to_bits()),
             models: ArcSwap::from_pointee(Vec::new()),
+            model_hashes: Default::default(),
+            model_slots: AtomicU32::new(0),
             models_known: AtomicBool::new(false),
             last_check_ms: AtomicU64::new(0),
             last_error: ArcSwapOption::from_pointee("not checked yet".to_string()),
@@ -160,6 +194,11 @@ impl ServerState {
         self.in_flight.load(Relaxed)
     }
 
+    /// The last scrape's running + 0.5 × waiting; 0 before the first.
+    pub fn scraped_units(&self) -> f64 {
+        f64::from_bits(self.scraped_units.load(Relaxed))
+    }
+
     /// The smoothed gap between the server's own count and the router's (see the field).
     pub fn load_gap(&self) -> f64 {
         f64::from_bits(self.load_gap.load(Relaxed))
@@ -172,7 +211,18 @@ impl ServerState {
 
     /// Whether the server lists `model` (an exact id: served names, aliases, LoRA adapters).
     pub fn serves(&self, model: &str) -> bool {
-        self.models.load().iter().any(|m| m.id == model)
+        self.serves_id(&ModelId::new(model))
+    }
+
+    /// [`serves`](Self::serves), for a model id hashed once for many servers.
+    pub fn serves_id(&self, model: &ModelId) -> bool {
+        let slots = self.model_slots.load(Acquire);
+        if slots as usize <= MODEL_SLOTS {
+            return self.model_hashes[..slots as usize]
+                .iter()
+                .any(|h| h.load(Relaxed) == model.hash);
+        }
+        self.models.load().iter().any(|m| m.id == model.id)
     }
 
     /// Counts a request as in flight to this server until the guard ends (on success,
@@ -197,6 +247,10 @@ impl ServerState {
             (smoothed + GAP_SMOOTHING * (gap - smoothed)).to_bits(),
             Relaxed,
         );
+        // The new numbers first, then the reset of what they now include: a reader in between
+        // counts some requests twice (for an instant), never none.
+        self.scraped_units
+            .store((load.running + 0.5 * load.waiting).to_bits(), Relaxed);
         self.unscraped.store(0, Relaxed);
         self.load.store(Some(Arc::new(load)));
         self.touch();
@@ -255,7 +309,16 @@ impl ServerState {
     }
 
     pub fn set_models(&self, models: Vec<ModelCard>) {
+        // Readers go to the list while the hashes change.
+        self.model_slots.store(u32::MAX, Release);
         self.models.store(Arc::new(models));
+        let models = self.models.load();
+        if models.len() <= MODEL_SLOTS {
+            for (slot, model) in self.model_hashes.iter().zip(models.iter()) {
+                slot.store(ModelId::new(&model.id).hash, Relaxed);
+            }
+            self.model_slots.store(models.len() as u32, Release);
+        }
         self.models_known.store(true, Relaxed);
     }
 
@@ -426,6 +489,23 @@ pub(crate) mod tests {
         }
         assert!(b.state.is_healthy());
         b
+    }
+
+    #[test]
+    fn serves_reads_the_hashes_or_a_long_list() {
+        let few = healthy("http://few", 4, &["llama", "lora-1"], 0.0);
+        assert!(few.state.serves("lora-1"));
+        assert!(!few.state.serves("lora"));
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let many = healthy("http://many", 4, &names, 0.0);
+        assert!(names.iter().all(|m| many.state.serves(m)));
+        assert!(!many.state.serves("g"));
+        // Shrinking back to a few: the hashes are current again.
+        many.state.set_models(vec![model("g")]);
+        assert!(many.state.serves("g"));
+        assert!(!many.state.serves("a"));
+        many.state.set_models(Vec::new());
+        assert!(!many.state.serves("g"));
     }
 
     #[test]

@@ -17,11 +17,14 @@ use crate::backend::Backend;
 use crate::features::RequestFeatures;
 use crate::speed::Relative;
 
-/// What a prompt token's prefill costs, in decode steps: vLLM on current GPUs prefills on the
-/// order of 10,000 prompt tokens a second and runs 50–100 decode steps a second, so a prompt
-/// token is about a hundredth of a step. (`mvllm sim` defaults to the same: 100 µs a prompt
-/// token, 10 ms a step.)
-const PREFILL_STEPS_PER_TOKEN: f64 = 0.01;
+/// What a prompt token's prefill costs, in decode steps. On its own a prompt token is about a
+/// hundredth of a step (vLLM on current GPUs prefills 10,000+ prompt tokens a second and runs
+/// 50–100 decode steps a second; `mvllm sim` defaults alike), but a prefill holds up the whole
+/// running batch while it runs (prefill shares the engine's steps), so the cluster pays for a
+/// cache miss more than once. Three hundredths measured best on the routing benchmark among
+/// 0.01, 0.03 and 0.06 (multi-turn chats at 80 %: prefix hits 70 → 76 %, lower p50 and p99;
+/// 0.06 made the shared-prompt p99 worse): BENCHMARKS.md.
+const PREFILL_STEPS_PER_TOKEN: f64 = 0.03;
 
 /// The answer length assumed until a server's is learned (speed.rs), in tokens.
 const DEFAULT_ANSWER_TOKENS: f64 = 128.0;
@@ -221,7 +224,7 @@ mod tests {
         let request = chat("Long shared context. ", 8000, "q");
         assert_eq!(policy.pick(&[&cached], &request).cfg.url, "http://cached");
         let both = [&cached, &idle];
-        // Moderately busy: the saved prefill (2,000 tokens, 20 steps) outweighs a fuller batch.
+        // Moderately busy: the saved prefill (2,000 tokens, 60 steps) outweighs a fuller batch.
         let _busy: Vec<_> = (0..6).map(|_| cached.state.start_request()).collect();
         assert_eq!(policy.pick(&both, &request).cfg.url, "http://cached");
         // Past its capacity with a queue, the wait is longer than the prefill saved.

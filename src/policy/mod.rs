@@ -25,7 +25,7 @@ pub use session::SessionAffinity;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ModelId};
 use crate::config::Routing;
 use crate::features::RequestFeatures;
 use prefix_index::PrefixIndex;
@@ -220,12 +220,11 @@ pub fn eligible<'a>(
     model: Option<&str>,
     tried: impl Fn(&Backend) -> bool,
 ) -> Result<Vec<&'a Backend>, NoBackend> {
+    let id = model.map(ModelId::new);
     let mut eligible = Vec::with_capacity(backends.len());
-    eligible.extend(
-        backends.iter().filter(|b| {
-            b.state.is_healthy() && model.is_none_or(|m| b.state.serves(m)) && !tried(b)
-        }),
-    );
+    eligible.extend(backends.iter().filter(|b| {
+        b.state.is_healthy() && id.as_ref().is_none_or(|m| b.state.serves_id(m)) && !tried(b)
+    }));
     let now = crate::ejection::now_ms();
     if eligible.iter().any(|b| b.state.ejection.is_ejected(now)) {
         // Ejected servers sit out, unless no other can take the request: then the one that
