@@ -130,7 +130,9 @@ def trace(workload, duration, seed):
             key = rng.choice(list(conversations))
             history = conversations[key]
             history.append({"role": "user", "content": text(rng, rng.randint(30, 120))})
-            out.append((t, chat(list(history), 48)))
+            # The conversation's id as the OpenAI `user` field: the session key of mvllm's
+            # `session` policy (the other routers ignore it).
+            out.append((t, chat(list(history), 48) | {"user": f"conversation-{key}"}))
             history.append({"role": "assistant", "content": text(rng, 48)})
             if len(history) > 24:
                 del conversations[key]
@@ -440,15 +442,17 @@ def targets(runs):
                 f"{med(w, ours, 'hit_rate') * 100:.0f} % vs {sg * 100:.0f} % "
                 f"({med(w, ours, 'hit_rate') / sg:.2f}×)", med(w, ours, "hit_rate") >= 0.9 * sg)
     for w in ("a50", "a80", "a95", "e50"):
-        baseline = [r for r in ("mvllm:round-robin", "nginx") if med(w, r, "ttft_p99") is not None]
-        if not baseline:
+        if (w, "nginx") not in s:
             continue
-        rr = min(med(w, r, "ttft_p99") for r in baseline)
-        ours = [r for r in ROUTERS if r.startswith("mvllm:") and med(w, r, "ttft_p99") is not None]
-        worse = [r for r in ours if med(w, r, "ttft_p99") > rr]
-        row("no policy of ours worse than round-robin (TTFT p99)", w,
-            f"round-robin {rr * 1e3:.0f} ms; " + ", ".join(
-                f"{r[6:]} {med(w, r, 'ttft_p99') * 1e3:.0f}" for r in ours), not worse)
+        rr = s[(w, "nginx")]["ttft_p99"]
+        ours = [r for r in ROUTERS if r.startswith("mvllm:") and r != "mvllm:round-robin"
+                and (w, r) in s]
+        # Worse beyond noise: even its best repetition is worse than round-robin's worst.
+        worse = [r for r in ours if s[(w, r)]["ttft_p99"][1] > rr[2]]
+        row("no policy of ours worse than round-robin (nginx), TTFT p99", w,
+            f"nginx {rr[0] * 1e3:.0f} ms (max {rr[2] * 1e3:.0f}); " + ", ".join(
+                f"{r[6:]} {med(w, r, 'ttft_p99') * 1e3:.0f}"
+                f" (min {s[(w, r)]['ttft_p99'][1] * 1e3:.0f})" for r in ours), not worse)
         everyone = [r for r in ROUTERS if (w, r) in s]
         best = min(everyone, key=lambda r: med(w, r, "ttft_p99"))
         ll = s.get((w, "mvllm:least-load"))
@@ -466,19 +470,21 @@ def chart(runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     s = summary(runs)
-    workloads = [w for w in ("c50", "c80", "d50", "d80", "a80", "e50")
-                 if any((w, r) in s for r in ROUTERS)]
-    routers = [r for r in ROUTERS if any((w, r) in s for w in workloads)]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    panels = [("TTFT p99 (ms, lower is better; log scale)", "ttft_p99", 1e3,
+               ["a80", "e50", "c50", "c80", "d50", "d80"]),
+              ("prefix-cache hit rate (%, higher is better)", "hit_rate", 100,
+               ["c50", "c80", "d50", "d80"])]
+    routers = [r for r in ROUTERS if any(k[1] == r for k in s)]
+    colors = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / max(1, len(routers))
-    for i, router in enumerate(routers):
-        xs = [j + i * width for j in range(len(workloads))]
-        p99 = [s[(w, router)]["ttft_p99"][0] * 1e3 if (w, router) in s else 0 for w in workloads]
-        hits = [s[(w, router)]["hit_rate"][0] * 100 if (w, router) in s else 0 for w in workloads]
-        axes[0].bar(xs, p99, width, label=router)
-        axes[1].bar(xs, hits, width, label=router)
-    for ax, title in ((axes[0], "TTFT p99 (ms, lower is better; log scale)"),
-                      (axes[1], "prefix-cache hit rate (%, higher is better)")):
+    for ax, (title, figure, scale, workloads) in zip(axes, panels):
+        workloads = [w for w in workloads if any((w, r) in s for r in routers)]
+        for i, router in enumerate(routers):
+            xs = [j + i * width for j in range(len(workloads))]
+            ys = [s[(w, router)][figure][0] * scale if (w, router) in s else 0
+                  for w in workloads]
+            ax.bar(xs, ys, width, label=router, color=colors[(2 * i) % 20 + (i >= 10)])
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(workloads))], workloads)
         ax.set_title(title)
     axes[0].set_yscale("log")

@@ -24,7 +24,16 @@ async fn answered_after(
 ) -> String {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": tokens});
-    let mut request = client().post(router.at("/v1/chat/completions")).json(&body);
+    answered(router, &body, session).await
+}
+
+/// Sends one chat request `body`, with `session` as its X-Session-Id; the server that answered.
+async fn answered(
+    router: &RouterProcess,
+    body: &serde_json::Value,
+    session: Option<&str>,
+) -> String {
+    let mut request = client().post(router.at("/v1/chat/completions")).json(body);
     if let Some(session) = session {
         request = request.header("x-session-id", session);
     }
@@ -38,18 +47,26 @@ async fn answered_after(
     server
 }
 
-#[tokio::test]
-async fn a_session_stays_on_its_server_until_that_server_goes() {
+/// Three sims serving `model` (capacity 8 each) behind a router with `policy`.
+async fn three_behind(model: &str, policy: &str) -> (Vec<Sim>, RouterProcess) {
     let mut sims = Vec::new();
     for _ in 0..3 {
-        sims.push(Sim::start(&["--model", "llama", "--itl-ms", "1"]).await);
+        sims.push(Sim::start(&["--model", model, "--itl-ms", "1"]).await);
     }
     let servers: Vec<(&str, u32)> = sims.iter().map(|s| (s.url.as_str(), 8)).collect();
     let router = RouterProcess::start(
         &servers,
-        "expose_routing_headers = true\nmetrics_interval = 0.2\n[routing]\npolicy = \"session\"\n",
+        &format!(
+            "expose_routing_headers = true\nmetrics_interval = 0.2\n[routing]\npolicy = \"{policy}\"\n"
+        ),
     )
     .await;
+    (sims, router)
+}
+
+#[tokio::test]
+async fn a_session_stays_on_its_server_until_that_server_goes() {
+    let (mut sims, router) = three_behind("llama", "session").await;
 
     // 30 sessions, 3 requests each, one at a time: each session's requests on one server,
     // and the sessions over all three.
@@ -148,19 +165,7 @@ async fn chat_answered_by(router: &RouterProcess, system: &str, question: &str) 
     let body = json!({"model": "m", "max_tokens": 2, "messages": [
         {"role": "system", "content": system},
         {"role": "user", "content": question}]});
-    let response = client()
-        .post(router.at("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let server = response.headers()["x-mvllm-upstream"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    response.bytes().await.unwrap();
-    server
+    answered(router, &body, None).await
 }
 
 /// The sims' prefix-cache hit rate: hit tokens over looked-up tokens, all sims together.
@@ -175,16 +180,7 @@ async fn hit_rate(sims: &[Sim]) -> f64 {
 
 #[tokio::test]
 async fn cache_aware_sends_a_shared_prefix_where_it_is_cached() {
-    let mut sims = Vec::new();
-    for _ in 0..3 {
-        sims.push(Sim::start(&["--model", "m", "--itl-ms", "1"]).await);
-    }
-    let servers: Vec<(&str, u32)> = sims.iter().map(|s| (s.url.as_str(), 8)).collect();
-    let router = RouterProcess::start(
-        &servers,
-        "expose_routing_headers = true\nmetrics_interval = 0.2\n[routing]\npolicy = \"cache-aware\"\n",
-    )
-    .await;
+    let (sims, router) = three_behind("m", "cache-aware").await;
 
     // Six long system prompts, five questions each, interleaved and one at a time: each
     // prompt's requests stay on one server, and the prompts spread over the servers.

@@ -217,6 +217,38 @@ mod tests {
     }
 
     #[test]
+    fn adding_a_server_moves_no_cached_prefix_and_removing_one_moves_only_its_own() {
+        let servers: Vec<Backend> = (0..3)
+            .map(|i| healthy(&format!("http://s{i}"), 8, &["m"], 1.0))
+            .collect();
+        let policy = policy();
+        let three: Vec<&Backend> = servers.iter().collect();
+        let prompts: Vec<RequestFeatures> = (0..12)
+            .map(|p| chat(&format!("Prompt {p}. "), 6000, "q"))
+            .collect();
+        let homes: Vec<String> = prompts
+            .iter()
+            .map(|p| policy.pick(&three, p).cfg.url.clone())
+            .collect();
+        let added = healthy("http://new", 8, &["m"], 1.0);
+        let four: Vec<&Backend> = servers.iter().chain([&added]).collect();
+        for (prompt, home) in prompts.iter().zip(&homes) {
+            assert_eq!(
+                &policy.pick(&four, prompt).cfg.url,
+                home,
+                "a new server took it"
+            );
+        }
+        let without_first: Vec<&Backend> = four.iter().copied().skip(1).collect();
+        for (prompt, home) in prompts.iter().zip(&homes) {
+            let now = &policy.pick(&without_first, prompt).cfg.url;
+            if home != "http://s0" {
+                assert_eq!(now, home, "only the removed server's prefixes move");
+            }
+        }
+    }
+
+    #[test]
     fn a_cached_server_much_busier_loses_to_an_idle_one() {
         let cached = healthy("http://cached", 8, &["m"], 0.0);
         let idle = healthy("http://idle", 8, &["m"], 0.0);
