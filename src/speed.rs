@@ -19,12 +19,20 @@ const SMOOTHING: f64 = 0.2;
 /// The largest slowdown factor a server gets, however slow it looks.
 pub const MAX_FACTOR: f64 = 10.0;
 
+/// How long a slowdown factor lasts without a new sample: it fades linearly to 1 over this
+/// time, so that a server that recovered while it got no traffic is tried again (and
+/// relearned) rather than kept out for good. Under load every server answers often enough
+/// for this never to matter.
+const FORGET_MS: f64 = 60_000.0;
+
 /// A server's learned speed (seconds per output token) and answer length (output tokens per
 /// answer); each 0 until its first sample.
 #[derive(Default)]
 pub struct Speed {
     seconds_per_token: Ewma,
     tokens_per_answer: Ewma,
+    /// When the last speed sample came (`ejection::now_ms`), 0 before the first.
+    sampled_ms: AtomicU64,
 }
 
 impl Speed {
@@ -36,6 +44,7 @@ impl Speed {
     /// Folds one speed sample in.
     pub fn observe(&self, seconds_per_token: f64) {
         self.seconds_per_token.observe(seconds_per_token);
+        self.sampled_ms.store(crate::ejection::now_ms(), Relaxed);
     }
 
     /// Output tokens per answer, if learned: how long a queued request waits for a slot is
@@ -109,6 +118,7 @@ fn sample(request: &RequestContext) -> Option<f64> {
 /// servers not learned yet; at most `MAX_FACTOR`), computed once per choice.
 pub struct Relative {
     fastest: Option<f64>,
+    now_ms: u64,
 }
 
 impl Relative {
@@ -117,12 +127,23 @@ impl Relative {
             .iter()
             .filter_map(|b| b.state.speed.seconds_per_token())
             .min_by(f64::total_cmp);
-        Relative { fastest }
+        Relative {
+            fastest,
+            now_ms: crate::ejection::now_ms(),
+        }
     }
 
     pub fn factor(&self, backend: &Backend) -> f64 {
-        match (self.fastest, backend.state.speed.seconds_per_token()) {
-            (Some(fastest), Some(own)) => (own / fastest).clamp(1.0, MAX_FACTOR),
+        let speed = &backend.state.speed;
+        match (self.fastest, speed.seconds_per_token()) {
+            (Some(fastest), Some(own)) => {
+                let factor = (own / fastest).clamp(1.0, MAX_FACTOR);
+                if factor == 1.0 {
+                    return 1.0;
+                }
+                let age = self.now_ms.saturating_sub(speed.sampled_ms.load(Relaxed)) as f64;
+                1.0 + (factor - 1.0) * (1.0 - age * (1.0 / FORGET_MS)).max(0.0)
+            }
             _ => 1.0,
         }
     }
@@ -164,5 +185,15 @@ mod tests {
         assert!((relative.factor(&slow) - 3.0).abs() < 1e-9);
         assert_eq!(relative.factor(&crawling), MAX_FACTOR);
         assert_eq!(relative.factor(&new), 1.0, "not learned yet: no penalty");
+
+        // No answer from the slow one for half the forgetting time: half its penalty left;
+        // for all of it, none (it is tried again and relearned).
+        let later = |ms: f64| Relative {
+            now_ms: relative.now_ms + ms as u64,
+            ..relative
+        };
+        let half = later(FORGET_MS / 2.0).factor(&slow);
+        assert!((half - 2.0).abs() < 0.01, "{half}");
+        assert_eq!(later(FORGET_MS * 2.0).factor(&slow), 1.0);
     }
 }
