@@ -142,8 +142,7 @@ impl Policy for CacheAware {
 
     fn pick<'a>(&self, candidates: &[&'a Backend], request: &RequestFeatures) -> &'a Backend {
         let (costs, prompt, depths) = self.estimate(candidates, request);
-        let mut next = costs.iter();
-        let chosen = super::lowest(candidates, |_| next.next().copied().unwrap_or(f64::MAX));
+        let chosen = super::lowest(candidates, |i| costs[i]);
         let sample = chosen.state.load.load();
         let kv_chunks = sample
             .as_ref()
@@ -154,7 +153,13 @@ impl Policy for CacheAware {
             index.observe_counters(chosen.state.id, counters.queries, counters.hits);
         }
         let depth = depth_of(&depths, chosen.state.id);
-        index.record(chosen.state.id, &prompt.hashes, kv_chunks, depth);
+        index.record(
+            chosen.state.id,
+            &prompt.hashes,
+            prompt.tokens,
+            kv_chunks,
+            depth,
+        );
         chosen
     }
 

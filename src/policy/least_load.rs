@@ -34,7 +34,7 @@ impl Policy for LeastLoad {
 
     fn pick<'a>(&self, candidates: &[&'a Backend], _request: &RequestFeatures) -> &'a Backend {
         let relative = Relative::among(candidates);
-        super::lowest(candidates, |b| cost(b, &relative))
+        super::lowest(candidates, |i| cost(candidates[i], &relative))
     }
 
     fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {

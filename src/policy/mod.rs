@@ -157,25 +157,26 @@ pub fn build(routing: &Routing, previous: Option<&Policies>) -> Result<Policies,
     })
 }
 
-/// The candidate with the lowest `cost`, in one pass without allocating. Ties are broken at
-/// random (the k-th tied one seen replaces the choice with probability 1/k, so each is equally
-/// likely): equal servers share the load instead of the first in the list taking it all.
-fn lowest<'a>(candidates: &[&'a Backend], mut cost: impl FnMut(&Backend) -> f64) -> &'a Backend {
-    let mut chosen = candidates[0];
-    let mut best = cost(chosen);
+/// The candidate with the lowest `cost` (given its index in `candidates`), in one pass
+/// without allocating. Ties are broken at random (the k-th tied one seen replaces the choice
+/// with probability 1/k, so each is equally likely): equal servers share the load instead of
+/// the first in the list taking it all.
+fn lowest<'a>(candidates: &[&'a Backend], mut cost: impl FnMut(usize) -> f64) -> &'a Backend {
+    let mut chosen = 0;
+    let mut best = cost(0);
     let mut ties = 1;
-    for &backend in &candidates[1..] {
-        let score = cost(backend);
+    for i in 1..candidates.len() {
+        let score = cost(i);
         if score < best - 1e-9 {
-            (chosen, best, ties) = (backend, score, 1);
+            (chosen, best, ties) = (i, score, 1);
         } else if score <= best + 1e-9 {
             ties += 1;
             if fastrand::usize(..ties) == 0 {
-                chosen = backend;
+                chosen = i;
             }
         }
     }
-    chosen
+    candidates[chosen]
 }
 
 /// Index of a candidate drawn in proportion to capacity from `u` (uniform in [0, 1)),

@@ -196,13 +196,14 @@ impl PrefixIndex {
         self.bisect(hashes, shallower, held, mid, depths);
     }
 
-    /// Notes that `hashes` (one prompt's chunks) were sent to `server`, whose KV cache holds
-    /// about `capacity` chunks (`None`: unknown). `expected_hits` is how many of the prompt's
-    /// chunks the index expected the server to have.
+    /// Notes that `hashes` (the chunks of a prompt of about `prompt_tokens` tokens) were sent
+    /// to `server`, whose KV cache holds about `capacity` chunks (`None`: unknown).
+    /// `expected_hits` is how many of the prompt's chunks the index expected the server to have.
     pub fn record(
         &mut self,
         server: u32,
         hashes: &[u64],
+        prompt_tokens: f64,
         capacity: Option<usize>,
         expected_hits: usize,
     ) {
@@ -220,7 +221,9 @@ impl PrefixIndex {
             keep: 1.0,
             ..Default::default()
         });
-        chunks.sent_tokens += (hashes.len() * CHUNK_BYTES / BYTES_PER_TOKEN) as f64;
+        // The whole prompt, partial last chunk and short prompts included: the server's
+        // prefix-cache queries count every prompt token, so the prediction must too.
+        chunks.sent_tokens += prompt_tokens;
         chunks.expected_hits += (expected_hits * CHUNK_BYTES / BYTES_PER_TOKEN) as f64;
         let newer_half = match (chunks.order.front(), chunks.order.back()) {
             (Some(front), Some(back)) => front.seq + (back.seq - front.seq) / 2 + 1,
@@ -414,6 +417,11 @@ mod tests {
 
     const IDLE: Duration = Duration::from_secs(3600);
 
+    /// The prompt tokens behind `hashes` (whole chunks).
+    fn tokens(hashes: &[u64]) -> f64 {
+        (hashes.len() * CHUNK_BYTES / BYTES_PER_TOKEN) as f64
+    }
+
     fn prompt(parts: &[&str]) -> Vec<u8> {
         parts
             .iter()
@@ -446,9 +454,9 @@ mod tests {
     fn each_server_matches_as_deep_as_it_holds() {
         let mut index = PrefixIndex::new(1 << 20, IDLE);
         let long = chunk_hashes("m", &prompt(&["s", "y", "s", "1", "2", "3", "4", "5"]));
-        index.record(7, &long, None, 0);
-        index.record(3, &long[..2], None, 0);
-        index.record(9, &long[..5], None, 0);
+        index.record(7, &long, tokens(&long), None, 0);
+        index.record(3, &long[..2], tokens(&long[..2]), None, 0);
+        index.record(9, &long[..5], tokens(&long[..5]), None, 0);
         assert_eq!(index.matched(&long), vec![(3, 2), (7, 8), (9, 5)]);
         let other = chunk_hashes("m", &prompt(&["s", "y", "x"]));
         assert_eq!(index.matched(&other), vec![(3, 2), (7, 2), (9, 2)]);
@@ -463,14 +471,14 @@ mod tests {
         let mut index = PrefixIndex::new(1 << 20, IDLE);
         let first = chunk_hashes("m", &prompt(&["a", "b", "c", "d"]));
         let second = chunk_hashes("m", &prompt(&["e", "f", "g", "h"]));
-        index.record(1, &first, Some(6), 0);
-        index.record(1, &second, Some(6), 0);
+        index.record(1, &first, tokens(&first), Some(6), 0);
+        index.record(1, &second, tokens(&second), Some(6), 0);
         // Two of the first prompt's chunks were evicted: its tail, not its head.
         assert_eq!(index.matched(&first), vec![(1, 2)]);
         assert_eq!(index.matched(&second), vec![(1, 4)]);
         assert_eq!(index.pairs(), 6);
         // Touching the first prompt again refreshes it; now the second loses its tail.
-        index.record(1, &first, Some(6), 2);
+        index.record(1, &first, tokens(&first), Some(6), 2);
         assert_eq!(index.matched(&first), vec![(1, 4)]);
         assert_eq!(index.matched(&second), vec![(1, 2)]);
     }
@@ -480,12 +488,12 @@ mod tests {
         let mut index = PrefixIndex::new(1 << 20, IDLE);
         let a = chunk_hashes("m", &prompt(&["s", "y", "a", "a"]));
         let b = chunk_hashes("m", &prompt(&["s", "y", "b", "b"]));
-        index.record(1, &a, Some(8), 0);
+        index.record(1, &a, tokens(&a), Some(8), 0);
         // b's head is a's, still in the newer half; b's tail is new, so the head is touched
         // again and stays newer than both tails.
-        index.record(1, &b, Some(8), 2);
+        index.record(1, &b, tokens(&b), Some(8), 2);
         let filler = chunk_hashes("m", &prompt(&["f", "g"]));
-        index.record(1, &filler, Some(6), 0);
+        index.record(1, &filler, tokens(&filler), Some(6), 0);
         assert_eq!(index.matched(&b), vec![(1, 4)], "b is whole");
         assert_eq!(
             index.matched(&a),
@@ -494,7 +502,7 @@ mod tests {
         );
         // The same prompt again touches nothing: its chunks are all in the newer half.
         let records = index.servers[&1].order.len();
-        index.record(1, &filler, Some(6), 2);
+        index.record(1, &filler, tokens(&filler), Some(6), 2);
         assert_eq!(index.servers[&1].order.len(), records);
     }
 
@@ -502,13 +510,14 @@ mod tests {
     fn idle_chunks_expire_and_restarts_forget() {
         let mut index = PrefixIndex::new(1 << 20, Duration::ZERO);
         let a = chunk_hashes("m", &prompt(&["a", "b"]));
-        index.record(1, &a, None, 0);
+        index.record(1, &a, tokens(&a), None, 0);
         index.started -= Duration::from_secs(2);
-        index.record(1, &chunk_hashes("m", &prompt(&["z"])), None, 0);
+        let z = chunk_hashes("m", &prompt(&["z"]));
+        index.record(1, &z, tokens(&z), None, 0);
         assert!(index.matched(&a).is_empty(), "older than the idle limit");
 
         let mut index = PrefixIndex::new(1 << 20, IDLE);
-        index.record(1, &a, None, 0);
+        index.record(1, &a, tokens(&a), None, 0);
         index.observe_counters(1, 100.0, 50.0);
         index.observe_counters(1, 10.0, 0.0);
         assert!(
@@ -522,14 +531,14 @@ mod tests {
     fn hits_short_of_the_prediction_shrink_what_a_server_keeps() {
         let mut index = PrefixIndex::new(1 << 20, IDLE);
         let a = chunk_hashes("m", &prompt(&["a", "b", "c", "d"]));
-        index.record(1, &a, Some(1000), 0);
+        index.record(1, &a, tokens(&a), Some(1000), 0);
         index.observe_counters(1, 0.0, 0.0);
         // The index expected all 4 chunks to hit; the server hit a tenth as many tokens.
-        index.record(1, &a, Some(1000), 4);
+        index.record(1, &a, tokens(&a), Some(1000), 4);
         index.observe_counters(1, 256.0, 25.6);
         let keep = index.servers[&1].keep;
         assert_eq!(keep, 0.5, "halved at most per window");
-        index.record(1, &a, Some(1000), 4);
+        index.record(1, &a, tokens(&a), Some(1000), 4);
         index.observe_counters(1, 512.0, 281.6);
         assert!(index.servers[&1].keep > keep, "as expected: grows back");
     }
@@ -554,7 +563,7 @@ mod tests {
                 );
             }
             let hashes = chunk_hashes("m", &text);
-            index.record(rng.u32(..50), &hashes, None, 0);
+            index.record(rng.u32(..50), &hashes, tokens(&hashes), None, 0);
             most = most.max(index.bytes());
             assert!(
                 index.bytes() <= budget,
