@@ -33,6 +33,7 @@ pub fn health(snapshot: &Snapshot, config_error: Option<&str>) -> (u16, Value) {
         .map(|v| {
             json!({
                 "url": v.url,
+                "discovered_from": v.discovered_from,
                 "healthy": v.healthy,
                 "status": if v.healthy { "healthy" } else { "unhealthy" },
                 "last_check": v.last_check_ms.map(rfc3339),
@@ -71,6 +72,8 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
         .map(|v| {
             json!({
                 "url": v.url,
+                "discovered_from": v.discovered_from,
+                "engine": v.engine,
                 "healthy": v.healthy,
                 "status": if v.healthy { "healthy" } else { "unhealthy" },
                 "running": v.running,

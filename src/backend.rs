@@ -380,6 +380,10 @@ impl Drop for InFlight {
 #[derive(Debug, Clone)]
 pub struct ServerView {
     pub url: String,
+    /// The `dns_discovery` entry that found it, if one did.
+    pub discovered_from: Option<String>,
+    /// The server software, as its last metrics showed ("vllm", "sglang", "llama.cpp").
+    pub engine: Option<&'static str>,
     pub healthy: bool,
     pub running: f64,
     pub waiting: f64,
@@ -415,6 +419,8 @@ impl ServerView {
         };
         ServerView {
             url: backend.cfg.url.clone(),
+            discovered_from: backend.cfg.discovered_from.clone(),
+            engine: state.load.load().as_ref().map(|l| l.flavor.name()),
             healthy: state.is_healthy(),
             running,
             waiting,
@@ -449,6 +455,7 @@ pub(crate) mod tests {
             port: 1,
             max_concurrent_requests: capacity,
             api_key: None,
+            ..Default::default()
         }
     }
 

@@ -8,14 +8,19 @@
 //! in-flight requests and stats — even if its entry changed; a new URL gets a new state that
 //! waits for its first scrape; a removed server's state lives on only as long as requests in
 //! flight to it. Then the snapshot is swapped in one store, and the poller and watcher are told.
+//!
+//! DNS discovery (discovery.rs) changes the servers the same way: the addresses it found for
+//! an entry are kept beside the config as written, and a snapshot is built from both.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::backend::{Backend, ServerState};
-use crate::config::{Config, Routing, Settings};
+use crate::config::{Config, Routing, ServerConfig, Settings};
 use crate::policy::{self, Policies};
 use crate::retry::RetryBudget;
 use crate::stats::Stats;
@@ -28,9 +33,19 @@ pub struct Snapshot {
     pub policy: Policies,
 }
 
+/// The config as written, and the addresses DNS discovery found for its `dns_discovery`
+/// entries (by entry URL, sorted).
+struct Written {
+    config: Config,
+    discovered: HashMap<String, Vec<IpAddr>>,
+}
+
 /// The snapshot in force, and what makes the next one.
 pub struct Cluster {
     current: ArcSwap<Snapshot>,
+    /// What the snapshot was built from. Locked for a whole rebuild, so a reload and a
+    /// discovery never interleave.
+    written: Mutex<Written>,
     stats: Arc<Stats>,
     /// Counts reloads; background services wait on it to follow a new config.
     reloads: watch::Sender<u64>,
@@ -42,9 +57,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: Config, stats: Arc<Stats>) -> Result<Cluster, String> {
-        let snapshot = build(config, None, &stats)?;
+        let written = Written {
+            config,
+            discovered: HashMap::new(),
+        };
+        let snapshot = build(&written, None, &stats)?;
         Ok(Cluster {
             current: ArcSwap::from_pointee(snapshot),
+            written: Mutex::new(written),
             stats,
             reloads: watch::Sender::new(0),
             config_error: ArcSwapOption::empty(),
@@ -83,21 +103,17 @@ impl Cluster {
     /// Applies a reloaded config (see the module doc). Returns a one-line summary, or why it
     /// was refused (the running config then stays).
     pub fn apply(&self, config: Config) -> Result<String, String> {
+        let mut written = self.lock_written();
+        let mut discovered = written.discovered.clone();
+        discovered.retain(|url, _| {
+            config
+                .servers
+                .iter()
+                .any(|s| s.dns_discovery && &s.url == url)
+        });
+        let next_written = Written { config, discovered };
         let old = self.current.load_full();
-        let next = build(config, Some(&old), &self.stats)?;
-        let (mut added, mut changed, mut kept) = (0, 0, 0);
-        for backend in &next.backends {
-            match old.backends.iter().find(|b| b.cfg.url == backend.cfg.url) {
-                Some(b) if b.cfg == backend.cfg => kept += 1,
-                Some(_) => changed += 1,
-                None => added += 1,
-            }
-        }
-        let removed = old
-            .backends
-            .iter()
-            .filter(|b| !next.backends.iter().any(|n| n.cfg.url == b.cfg.url))
-            .count();
+        let next = build(&next_written, Some(&old), &self.stats)?;
         let policy = next.policy.describe();
         let restart = if next.settings.admin_address != old.settings.admin_address {
             "; admin_address changes at the next start"
@@ -106,11 +122,57 @@ impl Cluster {
         } else {
             ""
         };
+        let summary = format!("{}; policy {policy}{restart}", differences(&old, &next));
+        *written = next_written;
+        self.swap(next);
+        Ok(summary)
+    }
+
+    /// The `dns_discovery` entries of the config in force: (entry URL, host name).
+    pub fn discovery_entries(&self) -> Vec<(String, String)> {
+        self.lock_written()
+            .config
+            .servers
+            .iter()
+            .filter(|s| s.dns_discovery)
+            .map(|s| (s.url.clone(), s.host.clone()))
+            .collect()
+    }
+
+    /// Records the addresses DNS discovery found for the entry `entry_url`, and rebuilds the
+    /// servers if they changed. Returns a summary of the change, or `None` if nothing changed
+    /// (or the entry is no longer in the config).
+    pub fn discovered(&self, entry_url: &str, mut addresses: Vec<IpAddr>) -> Option<String> {
+        addresses.sort_unstable();
+        addresses.dedup();
+        let mut written = self.lock_written();
+        let listed = written
+            .config
+            .servers
+            .iter()
+            .any(|s| s.dns_discovery && s.url == entry_url);
+        if !listed || written.discovered.get(entry_url) == Some(&addresses) {
+            return None;
+        }
+        written.discovered.insert(entry_url.to_string(), addresses);
+        let old = self.current.load_full();
+        // The config was valid when applied, and discovery adds only IP-literal servers.
+        let next = build(&written, Some(&old), &self.stats).ok()?;
+        let summary = differences(&old, &next);
+        self.swap(next);
+        Some(summary)
+    }
+
+    fn swap(&self, next: Snapshot) {
         self.current.store(Arc::new(next));
         self.reloads.send_modify(|n| *n += 1);
-        Ok(format!(
-            "{added} added, {removed} removed, {changed} changed, {kept} unchanged; policy {policy}{restart}"
-        ))
+    }
+
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, Written> {
+        // A panic while holding it cannot leave `Written` half-changed (it is replaced whole).
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A cluster of ready-made backends (tests).
@@ -118,6 +180,10 @@ impl Cluster {
     pub fn of(backends: Vec<Backend>) -> Cluster {
         let routing = Routing::default();
         Cluster {
+            written: Mutex::new(Written {
+                config: Config::empty("servers.toml".as_ref()),
+                discovered: HashMap::new(),
+            }),
             current: ArcSwap::from_pointee(Snapshot {
                 backends,
                 settings: Settings::default(),
@@ -132,13 +198,77 @@ impl Cluster {
     }
 }
 
-/// The snapshot for `config`, reusing the state of servers that were in `previous` and what
+/// "N added, N removed, N changed, N unchanged" from `old` to `next`.
+fn differences(old: &Snapshot, next: &Snapshot) -> String {
+    let (mut added, mut changed, mut kept) = (0, 0, 0);
+    for backend in &next.backends {
+        match old.backends.iter().find(|b| b.cfg.url == backend.cfg.url) {
+            Some(b) if b.cfg == backend.cfg => kept += 1,
+            Some(_) => changed += 1,
+            None => added += 1,
+        }
+    }
+    let removed = old
+        .backends
+        .iter()
+        .filter(|b| !next.backends.iter().any(|n| n.cfg.url == b.cfg.url))
+        .count();
+    format!("{added} added, {removed} removed, {changed} changed, {kept} unchanged")
+}
+
+/// The servers of `written`: each entry as written, except that a `dns_discovery` entry
+/// stands for one server per address found for it. A URL is listed once: as written if it is,
+/// else as the first entry that found it.
+fn servers(written: &Written) -> Vec<ServerConfig> {
+    let mut servers: Vec<ServerConfig> = Vec::with_capacity(written.config.servers.len());
+    let written_out = |url: &str| {
+        written
+            .config
+            .servers
+            .iter()
+            .any(|s| !s.dns_discovery && s.url == url)
+    };
+    for entry in &written.config.servers {
+        let found = match entry.dns_discovery {
+            false => vec![entry.clone()],
+            true => written
+                .discovered
+                .get(&entry.url)
+                .into_iter()
+                .flatten()
+                .map(|ip| ServerConfig {
+                    url: format!("http://{}", SocketAddr::new(*ip, entry.port)),
+                    host: ip.to_string(),
+                    dns_discovery: false,
+                    discovered_from: Some(entry.url.clone()),
+                    ..entry.clone()
+                })
+                .collect(),
+        };
+        for server in found {
+            let listed = match server.discovered_from {
+                Some(_) => written_out(&server.url),
+                None => false,
+            };
+            if !listed && !servers.iter().any(|s| s.url == server.url) {
+                servers.push(server);
+            }
+        }
+    }
+    servers
+}
+
+/// The snapshot for `written`, reusing the state of servers that were in `previous` and what
 /// its policies learned.
-fn build(config: Config, previous: Option<&Snapshot>, stats: &Stats) -> Result<Snapshot, String> {
+fn build(
+    written: &Written,
+    previous: Option<&Snapshot>,
+    stats: &Stats,
+) -> Result<Snapshot, String> {
+    let config = &written.config;
     let policy = policy::build(&config.routing, previous.map(|p| &p.policy))?;
     let previous = previous.map_or(&[][..], |p| &p.backends[..]);
-    let backends = config
-        .servers
+    let backends = servers(written)
         .into_iter()
         .map(|cfg| {
             let state = match previous.iter().find(|b| b.cfg.url == cfg.url) {
@@ -150,8 +280,8 @@ fn build(config: Config, previous: Option<&Snapshot>, stats: &Stats) -> Result<S
         .collect();
     Ok(Snapshot {
         backends,
-        settings: config.settings,
-        routing: config.routing,
+        settings: config.settings.clone(),
+        routing: config.routing.clone(),
         policy,
     })
 }
@@ -166,6 +296,61 @@ mod tests {
             servers,
             ..Config::empty("servers.toml".as_ref())
         }
+    }
+
+    #[test]
+    fn discovered_addresses_are_servers_of_their_entry() {
+        let mut entry = server("http://pods:8000", 4);
+        entry.host = "pods".into();
+        entry.port = 8000;
+        entry.dns_discovery = true;
+        let cluster = Cluster::new(
+            config(vec![entry.clone(), server("http://10.0.0.2:8000", 2)]),
+            Arc::new(Stats::new()),
+        )
+        .unwrap();
+        assert_eq!(cluster.snapshot().backends.len(), 1, "nothing found yet");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let summary = cluster.discovered(
+            "http://pods:8000",
+            vec![ip("10.0.0.3"), ip("10.0.0.2"), ip("10.0.0.3")],
+        );
+        assert_eq!(
+            summary.as_deref(),
+            Some("1 added, 0 removed, 0 changed, 1 unchanged"),
+            "10.0.0.2 is listed already"
+        );
+        let now = cluster.snapshot();
+        let found = &now.backends[0];
+        assert_eq!(found.cfg.url, "http://10.0.0.3:8000");
+        assert_eq!(found.cfg.max_concurrent_requests, 4);
+        assert_eq!(
+            found.cfg.discovered_from.as_deref(),
+            Some("http://pods:8000")
+        );
+        assert_eq!(
+            cluster.discovered("http://pods:8000", vec![ip("10.0.0.2"), ip("10.0.0.3")]),
+            None,
+            "same set"
+        );
+        assert_eq!(
+            cluster.discovered("http://other:8000", vec![ip("10.0.0.9")]),
+            None,
+            "not an entry"
+        );
+
+        // A reload keeps what was found (and the found server's state); one that drops the
+        // entry drops its servers.
+        let kept = Arc::clone(&found.state);
+        cluster
+            .apply(config(vec![entry, server("http://10.0.0.2:8000", 2)]))
+            .unwrap();
+        assert!(Arc::ptr_eq(&cluster.snapshot().backends[0].state, &kept));
+        cluster
+            .apply(config(vec![server("http://10.0.0.2:8000", 2)]))
+            .unwrap();
+        assert_eq!(cluster.snapshot().backends.len(), 1);
+        assert!(cluster.discovery_entries().is_empty());
     }
 
     #[test]

@@ -181,6 +181,7 @@ mod tests {
             port: 8000,
             max_concurrent_requests: 4,
             api_key: api_key.map(str::to_string),
+            ..Default::default()
         })
     }
 

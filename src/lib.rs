@@ -27,6 +27,7 @@
 //! - `speed`: each server's learned seconds per output token.
 //! - `ejection`: servers that keep failing real requests are taken out for growing times.
 //! - `poller`: each server's own schedule of `/metrics`, `/v1/models` and DNS refreshes.
+//! - `discovery`: entries whose DNS name stands for many servers (headless Services).
 //! - `scrape`: reading a server's `/metrics` (load) and `/v1/models`.
 //! - `watcher`: reloads servers.toml when it changes.
 //! - `config/`: servers.toml, every key declared once, errors that say where.
@@ -46,6 +47,7 @@ pub mod context;
 pub mod daemon;
 pub mod decisions;
 pub mod demo;
+pub mod discovery;
 pub mod ejection;
 pub mod entry;
 pub mod features;

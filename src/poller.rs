@@ -27,8 +27,8 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, ServerState};
 use crate::cluster::Cluster;
-use crate::config::Settings;
-use crate::scrape::{timed, Scraper};
+use crate::config::{Engine, Settings};
+use crate::scrape::{timed, Flavor, LoadSample, ModelCard, ScrapeError, Scraper};
 use crate::stats::Scrape;
 
 pub struct Poller {
@@ -161,11 +161,46 @@ async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at
 }
 
 async fn scrape(b: &Backend, scraper: &Scraper, settings: &Settings) {
-    let (read, took) = timed(scraper.load(&b.cfg.url, b.cfg.api_key.as_deref())).await;
+    let (read, took) = timed(read_load(b, scraper)).await;
     b.state.stats.scraped(Scrape::Metrics, took, read.is_ok());
     match read {
         Ok(load) => b.state.scrape_succeeded(load, settings),
-        Err(e) => b.state.scrape_failed(format!("/metrics: {e}"), settings),
+        Err(why) => b.state.scrape_failed(why, settings),
+    }
+}
+
+/// The server's load from its `/metrics`. A server declared `engine = "sglang"` that has no
+/// `/metrics` (SGLang serves them only with `--enable-metrics`) is checked on its `/health`
+/// instead, and its load is the router's own count of requests in flight to it.
+async fn read_load(b: &Backend, scraper: &Scraper) -> Result<LoadSample, String> {
+    let (url, key) = (&b.cfg.url, b.cfg.api_key.as_deref());
+    match scraper.load(url, key).await {
+        Err(ScrapeError::Status(404)) if b.cfg.engine == Engine::Sglang => {
+            match scraper.health(url, key).await {
+                Ok(()) => Ok(LoadSample::counted_by_router(
+                    Flavor::Sglang,
+                    b.state.in_flight(),
+                )),
+                Err(e) => Err(format!(
+                    "/health: {e} (no /metrics: SGLang serves them with --enable-metrics)"
+                )),
+            }
+        }
+        read => read.map_err(|e| format!("/metrics: {e}")),
+    }
+}
+
+/// Whether the server is SGLang: declared so, or (`auto`) its last metrics were SGLang's.
+fn is_sglang(b: &Backend) -> bool {
+    match b.cfg.engine {
+        Engine::Sglang => true,
+        Engine::Vllm => false,
+        Engine::Auto => b
+            .state
+            .load
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.flavor == Flavor::Sglang),
     }
 }
 
@@ -192,16 +227,27 @@ async fn resolve(b: &Backend, settings: &Settings) {
 }
 
 async fn refresh_models(b: &Backend, scraper: &Scraper) {
-    let (read, took) = timed(scraper.models(&b.cfg.url, b.cfg.api_key.as_deref())).await;
+    let (read, took) = timed(read_models(b, scraper)).await;
     b.state.stats.scraped(Scrape::Models, took, read.is_ok());
     match read {
         Ok(models) => b.state.set_models(models),
-        Err(e) => {
+        Err(why) => {
             // The metrics scrape decides health; a model-list failure is only remembered.
-            b.state
-                .last_error
-                .store(Some(Arc::new(format!("/v1/models: {e}"))));
+            b.state.last_error.store(Some(Arc::new(why)));
         }
+    }
+}
+
+/// The models from `/v1/models`; an SGLang server without it names its one model in
+/// `/get_model_info`.
+async fn read_models(b: &Backend, scraper: &Scraper) -> Result<Vec<ModelCard>, String> {
+    let (url, key) = (&b.cfg.url, b.cfg.api_key.as_deref());
+    match scraper.models(url, key).await {
+        Err(e) if is_sglang(b) => scraper
+            .sglang_model_info(url, key)
+            .await
+            .map_err(|e2| format!("/v1/models: {e}; /get_model_info: {e2}")),
+        read => read.map_err(|e| format!("/v1/models: {e}")),
     }
 }
 

@@ -34,6 +34,7 @@ use crate::access_log::AccessLog;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::decisions;
+use crate::discovery::Discovery;
 use crate::entry::{Recorder, Router};
 use crate::logging::{self, LogFormat, LogPane, LogTarget};
 use crate::monitor::{Monitor, Quit, Sources};
@@ -216,6 +217,10 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     }
     server.add_service(proxy);
     server.add_service(background_service(
+        "dns discovery",
+        Discovery::new(Arc::clone(&cluster)),
+    ));
+    server.add_service(background_service(
         "poller",
         Poller::new(Arc::clone(&cluster)),
     ));
@@ -268,14 +273,18 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks every server once before taking traffic (see `Poller::warm_up`). Runs on its own
+/// Finds the servers of `dns_discovery` entries, then checks every server once before taking
+/// traffic (see `Poller::warm_up`). Runs on its own
 /// short-lived runtime, gone before Pingora starts.
 fn warm_up(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the start-up runtime")?;
-    runtime.block_on(Poller::new(Arc::clone(cluster)).warm_up());
+    runtime.block_on(async {
+        Discovery::new(Arc::clone(cluster)).refresh().await;
+        Poller::new(Arc::clone(cluster)).warm_up().await;
+    });
     let snapshot = cluster.snapshot();
     let healthy = snapshot
         .backends

@@ -20,6 +20,16 @@ pub enum Flavor {
     LlamaCpp,
 }
 
+impl Flavor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Vllm => "vllm",
+            Flavor::Sglang => "sglang",
+            Flavor::LlamaCpp => "llama.cpp",
+        }
+    }
+}
+
 /// A backend's load, from one scrape.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadSample {
@@ -278,6 +288,36 @@ pub fn parse_models(body: &[u8]) -> Result<Vec<ModelCard>, String> {
     Ok(models)
 }
 
+/// Reads SGLang's `/get_model_info` (`{"model_path": …, "is_generation": …}`) as one model
+/// card named by its path (SGLang's default served name).
+pub fn parse_sglang_model_info(body: &[u8]) -> Result<Vec<ModelCard>, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("/get_model_info is not JSON: {e}"))?;
+    let path = value
+        .get("model_path")
+        .and_then(Value::as_str)
+        .ok_or("/get_model_info has no string \"model_path\"")?;
+    Ok(vec![ModelCard {
+        id: path.to_string(),
+        card: serde_json::json!({"id": path, "object": "model", "owned_by": "sglang", "root": path}),
+    }])
+}
+
+impl LoadSample {
+    /// A load known only from the router's own count of requests in flight (a server that
+    /// answers its health check but publishes no metrics).
+    pub fn counted_by_router(flavor: Flavor, in_flight: u32) -> LoadSample {
+        LoadSample {
+            flavor,
+            running: f64::from(in_flight),
+            waiting: 0.0,
+            kv_cache_usage: None,
+            kv_tokens: None,
+            prefix_cache: None,
+        }
+    }
+}
+
 /// Why a scrape failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScrapeError {
@@ -357,6 +397,22 @@ impl Scraper {
         let text = std::str::from_utf8(&body)
             .map_err(|_| ScrapeError::Body("/metrics is not UTF-8 text".into()))?;
         parse_metrics(text).map_err(|e| ScrapeError::Body(e.to_string()))
+    }
+
+    /// Whether `<base>/health` answers 2xx (SGLang's liveness check, for a server without
+    /// metrics).
+    pub async fn health(&self, base: &str, api_key: Option<&str>) -> Result<(), ScrapeError> {
+        self.get(&format!("{base}/health"), api_key).await.map(drop)
+    }
+
+    /// The model an SGLang server serves, from its `<base>/get_model_info` (`model_path`).
+    pub async fn sglang_model_info(
+        &self,
+        base: &str,
+        api_key: Option<&str>,
+    ) -> Result<Vec<ModelCard>, ScrapeError> {
+        let body = self.get(&format!("{base}/get_model_info"), api_key).await?;
+        parse_sglang_model_info(&body).map_err(ScrapeError::Body)
     }
 
     /// The models the backend serves, from `<base>/v1/models`.
@@ -530,6 +586,18 @@ vllm:prefix_cache_hits_total{engine=\"1\"} 1536.0
         assert_eq!(label("{a=\"1\",b=\"x}y\"}", "b"), Some("x}y"));
         assert_eq!(label("{a=\"1\"}", "b"), None);
         assert_eq!(label("{a=1}", "a"), None, "malformed");
+    }
+
+    #[test]
+    fn sglang_model_info() {
+        let cards =
+            parse_sglang_model_info(br#"{"model_path":"qwen/qwen2.5-0.5b-instruct","tokenizer_path":"qwen/qwen2.5-0.5b-instruct","is_generation":true,"preferred_sampling_params":null,"weight_version":"default"}"#)
+                .unwrap();
+        assert_eq!(cards.len(), 1);
+        assert_eq!(cards[0].id, "qwen/qwen2.5-0.5b-instruct");
+        assert_eq!(cards[0].card["owned_by"], "sglang");
+        assert!(parse_sglang_model_info(b"{}").is_err());
+        assert!(parse_sglang_model_info(b"<html>").is_err());
     }
 
     #[test]

@@ -253,6 +253,34 @@ impl Kind for ListenAddress {
     }
 }
 
+/// An optional DNS server, `IP` or `IP:PORT` (port 53 if none is given).
+pub struct DnsServer;
+
+impl Kind for DnsServer {
+    type Value = Option<std::net::SocketAddr>;
+    fn default_value(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError> {
+        let v: String = typed(value)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+            return Ok(Some(std::net::SocketAddr::new(ip, 53)));
+        }
+        v.parse()
+            .map(Some)
+            .map_err(|_| ReadError::NotAllowed(format!("must be {}, got {v:?}", self.allowed())))
+    }
+    fn allowed(&self) -> String {
+        "a DNS server's IP or IP:PORT, e.g. \"10.96.0.10\", or \"\" for the system's".into()
+    }
+    fn show(&self, value: &Self::Value) -> String {
+        value.map_or("the system's".into(), |a| a.to_string())
+    }
+}
+
 /// One of a fixed list of names.
 pub struct OneOf {
     pub default: &'static str,

@@ -37,7 +37,7 @@ pub use sections::{Routing, ServerEntry, Settings};
 use key::ReadError;
 
 /// One vLLM (or SGLang) server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServerConfig {
     /// `http://host:port`, without a trailing slash.
     pub url: String,
@@ -47,6 +47,34 @@ pub struct ServerConfig {
     pub max_concurrent_requests: u32,
     /// Sent to this server as `Authorization: Bearer <key>` (its `--api-key`).
     pub api_key: Option<String>,
+    /// What serves it (declared, or `Auto`: told by its `/metrics`).
+    pub engine: Engine,
+    /// Each address of `host` is a server of its own (see discovery.rs).
+    pub dns_discovery: bool,
+    /// For a server found by DNS discovery: the URL of the entry that named it.
+    pub discovered_from: Option<String>,
+}
+
+/// The `engine` values a server entry allows.
+pub const ENGINES: &[&str] = &["auto", "vllm", "sglang"];
+
+/// The server software behind a server entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    #[default]
+    Auto,
+    Vllm,
+    Sglang,
+}
+
+impl Engine {
+    fn named(name: &str) -> Engine {
+        match name {
+            "vllm" => Engine::Vllm,
+            "sglang" => Engine::Sglang,
+            _ => Engine::Auto,
+        }
+    }
 }
 
 /// Defines [`Config`], with a field for each declared table besides `[servers]`, and what
@@ -254,6 +282,9 @@ impl Source<'_> {
                     port: url.port,
                     max_concurrent_requests: entry_keys.max_concurrent_requests,
                     api_key: entry_keys.api_key,
+                    engine: Engine::named(entry_keys.engine),
+                    dns_discovery: entry_keys.dns_discovery,
+                    discovered_from: None,
                 });
             }
         }

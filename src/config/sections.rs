@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::key::{
-    section, Endpoint, Flag, Header, ListenAddress, ModelPolicies, Number, OneOf, Seconds, Secret,
-    ServerUrl, Url, Whole,
+    section, DnsServer, Endpoint, Flag, Header, ListenAddress, ModelPolicies, Number, OneOf,
+    Seconds, Secret, ServerUrl, Url, Whole,
 };
 
 section! {
@@ -17,6 +17,13 @@ section! {
         max_concurrent_requests: u32 = Whole { default: 3, min: 1, max: 1_000_000 },
         /// Sent to that server as `Authorization: Bearer <api_key>` (its `--api-key`).
         api_key: Option<String> = Secret,
+        /// What serves it: `vllm`, `sglang`, or `auto` (told apart by its `/metrics`). An
+        /// `sglang` server without `--enable-metrics` is checked on its `/health` instead.
+        engine: &'static str = OneOf { default: "auto", allowed: crate::config::ENGINES },
+        /// Every address the host name resolves to is a server of its own, with this entry's
+        /// settings (a headless Kubernetes Service of vLLM pods); looked up again every
+        /// `dns_refresh_interval`, added and removed like a reload.
+        dns_discovery: bool = Flag { default: false },
     }
 }
 
@@ -63,6 +70,9 @@ section! {
         max_body_bytes: u64 = Whole { default: 64 * 1024 * 1024, min: 1024, max: 1u64 << 40 },
         /// How often server host names are resolved again.
         dns_refresh_interval: Duration = Seconds { default: 30.0, min: 1.0 },
+        /// The DNS server (`IP` or `IP:PORT`) that `dns_discovery` entries are looked up
+        /// with, instead of the system's (/etc/resolv.conf).
+        dns_server: Option<std::net::SocketAddr> = DnsServer,
         /// How often servers.toml is compared with the running config even without file
         /// events (some network and container file systems deliver none).
         config_reload_interval: Duration = Seconds { default: 30.0, min: 0.1 },

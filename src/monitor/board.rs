@@ -182,6 +182,8 @@ pub(crate) mod tests {
     pub(crate) fn view(url: &str, healthy: bool, requests: u64) -> ServerView {
         ServerView {
             url: url.into(),
+            discovered_from: None,
+            engine: Some("vllm"),
             healthy,
             running: 1.0,
             waiting: 0.0,

@@ -46,6 +46,14 @@ pub struct SimArgs {
     /// `engine` label in /metrics.
     #[arg(long, default_value_t = 1)]
     pub data_parallel_size: usize,
+    /// The server imitated: `vllm`, or `sglang` (SGLang's metric names and labels,
+    /// `/get_model_info`, `owned_by: "sglang"`, and /metrics only with --enable-metrics).
+    #[arg(long, value_enum, default_value_t = SimEngine::Vllm)]
+    pub engine: SimEngine,
+    /// SGLang's flag: serve /metrics (an `--engine sglang` sim has none without it, as SGLang;
+    /// vLLM always has them).
+    #[arg(long)]
+    pub enable_metrics: bool,
 
     /// Decode step time with one running request, in milliseconds (inter-token latency).
     #[arg(long, default_value_t = 10.0, help_heading = "Simulation")]
@@ -83,6 +91,13 @@ pub struct LoraModule {
     pub path: String,
 }
 
+/// Which server software a sim imitates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimEngine {
+    Vllm,
+    Sglang,
+}
+
 /// Validated settings of a simulated server.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -100,6 +115,9 @@ pub struct SimConfig {
     pub embedding_dim: usize,
     pub seed: u64,
     pub faults: Faults,
+    pub engine: SimEngine,
+    /// Whether /metrics is served (always for vLLM; SGLang's `--enable-metrics`).
+    pub serve_metrics: bool,
 }
 
 impl SimArgs {
@@ -185,6 +203,8 @@ impl SimArgs {
             embedding_dim: self.embedding_dim,
             seed: self.seed,
             faults: self.faults,
+            engine: self.engine,
+            serve_metrics: self.engine == SimEngine::Vllm || self.enable_metrics,
         })
     }
 }

@@ -66,7 +66,7 @@ pub fn keep_history(state: Weak<SimState>) {
             let keep = Duration::from_millis(lag);
             state
                 .lagged
-                .record(Instant::now(), state.metrics.render(), keep);
+                .record(Instant::now(), state.render_metrics(), keep);
         }
     });
 }

@@ -298,6 +298,132 @@ impl SimMetrics {
     }
 }
 
+impl SimMetrics {
+    /// The same numbers under SGLang's names and labels, as SGLang 0.5 prints them with
+    /// `--enable-metrics`: `sglang:` families, one series per data-parallel rank labelled
+    /// `engine_type`, `model_name`, `pp_rank`, `tp_rank` (and `dp_rank` when there are several).
+    pub fn render_sglang(&self) -> String {
+        let mut t = String::with_capacity(8 * 1024);
+        let model = escape_label(&self.model_name);
+        let ranks = self.engines.len();
+        let labels: Vec<String> = (0..ranks)
+            .map(|i| {
+                let dp = if ranks > 1 { format!("dp_rank=\"{i}\",") } else { String::new() };
+                format!("{dp}engine_type=\"unified\",model_name=\"{model}\",pp_rank=\"0\",tp_rank=\"0\"")
+            })
+            .collect();
+        let tokens = (self.num_gpu_blocks * self.block_size) as f64;
+        let mut family =
+            |name: &str, help: &str, kind: &str, value: &dyn Fn(&EngineMetrics) -> f64| {
+                let _ = writeln!(t, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (engine, labels) in self.engines.iter().zip(&labels) {
+                    let _ = writeln!(t, "{name}{{{labels}}} {}", python_float(value(engine)));
+                }
+            };
+        let count = |c: &AtomicU64| c.load(Relaxed) as f64;
+        family(
+            "sglang:num_running_reqs",
+            "The number of running requests.",
+            "gauge",
+            &|m| count(&m.running),
+        );
+        family(
+            "sglang:num_used_tokens",
+            "The number of used tokens.",
+            "gauge",
+            &|m| (m.kv_cache_usage.get() * tokens).round(),
+        );
+        family("sglang:token_usage", "The token usage.", "gauge", &|m| {
+            m.kv_cache_usage.get()
+        });
+        family(
+            "sglang:num_queue_reqs",
+            "The number of requests in the waiting queue.",
+            "gauge",
+            &|m| count(&m.waiting),
+        );
+        family(
+            "sglang:cache_hit_rate",
+            "The prefix cache hit rate.",
+            "gauge",
+            &|m| {
+                let queries = count(&m.prefix_cache_queries);
+                if queries > 0.0 {
+                    count(&m.prefix_cache_hits) / queries
+                } else {
+                    0.0
+                }
+            },
+        );
+        family(
+            "sglang:max_total_num_tokens",
+            "Maximum total number of tokens",
+            "gauge",
+            &|_| tokens,
+        );
+        family(
+            "sglang:prompt_tokens_total",
+            "Number of prefill tokens processed.",
+            "counter",
+            &|m| count(&m.prompt_tokens),
+        );
+        family(
+            "sglang:generation_tokens_total",
+            "Number of generation tokens processed.",
+            "counter",
+            &|m| count(&m.generation_tokens),
+        );
+        family(
+            "sglang:cached_tokens_total",
+            "Number of cached prompt tokens.",
+            "counter",
+            &|m| count(&m.prefix_cache_hits),
+        );
+        family(
+            "sglang:num_requests_total",
+            "Number of requests processed.",
+            "counter",
+            &|m| m.finished.iter().map(count).sum(),
+        );
+        for (name, help, pick) in [
+            (
+                "sglang:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                (|m: &EngineMetrics| &m.time_to_first_token) as fn(&EngineMetrics) -> &Histogram,
+            ),
+            (
+                "sglang:e2e_request_latency_seconds",
+                "Histogram of End-to-end request latency in seconds",
+                |m: &EngineMetrics| &m.e2e_latency,
+            ),
+        ] {
+            let _ = writeln!(t, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (engine, labels) in self.engines.iter().zip(&labels) {
+                let h = pick(engine);
+                let mut cumulative = 0;
+                for (bound, n) in h.bounds.iter().zip(&h.buckets) {
+                    cumulative += n.load(Relaxed);
+                    let _ = writeln!(
+                        t,
+                        "{name}_bucket{{{labels},le=\"{}\"}} {}",
+                        python_float(*bound),
+                        python_float(cumulative as f64)
+                    );
+                }
+                let total = h.count.load(Relaxed) as f64;
+                let _ = writeln!(
+                    t,
+                    "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+                    python_float(total)
+                );
+                let _ = writeln!(t, "{name}_count{{{labels}}} {}", python_float(total));
+                let _ = writeln!(t, "{name}_sum{{{labels}}} {}", python_float(h.sum.get()));
+            }
+        }
+        t
+    }
+}
+
 struct Writer {
     text: String,
     /// The escaped `model_name` label value.

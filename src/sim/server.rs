@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use super::args::SimConfig;
+use super::args::{SimConfig, SimEngine};
 use super::engine::Engines;
 use super::faults::{Action, FaultState, Faults, MetricsFault};
 use super::inference;
@@ -102,6 +102,14 @@ impl SimState {
                 names.join(", ")
             ))
             .with_param("model")),
+        }
+    }
+
+    /// /metrics as the imitated server prints it.
+    pub fn render_metrics(&self) -> String {
+        match self.cfg.engine {
+            SimEngine::Vllm => self.metrics.render(),
+            SimEngine::Sglang => self.metrics.render_sglang(),
         }
     }
 
@@ -205,6 +213,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/version", get(version))
         .route("/v1/models", get(list_models))
+        .route("/get_model_info", get(model_info))
         .route("/v1/chat/completions", post(inference::chat))
         .route("/v1/completions", post(inference::completions))
         .route("/v1/embeddings", post(inference::embeddings))
@@ -276,6 +285,11 @@ async fn version() -> Response {
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
+    if !state.cfg.serve_metrics {
+        // SGLang without --enable-metrics: FastAPI's answer for a route that is not there.
+        let json = [(header::CONTENT_TYPE, "application/json")];
+        return (StatusCode::NOT_FOUND, json, r#"{"detail":"Not Found"}"#).into_response();
+    }
     let faults = state.faults.get();
     if faults.metrics_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.metrics_delay_ms)).await;
@@ -285,11 +299,11 @@ async fn metrics(State(state): State<Shared>) -> Response {
         MetricsFault::Ok if faults.metrics_lag_ms > 0 => {
             let then = Instant::now().checked_sub(Duration::from_millis(faults.metrics_lag_ms));
             let text = then.and_then(|t| state.lagged.as_of(t));
-            let text = text.map_or_else(|| state.metrics.render(), |t| t.to_string());
+            let text = text.map_or_else(|| state.render_metrics(), |t| t.to_string());
             ([(header::CONTENT_TYPE, text_plain)], text).into_response()
         }
         MetricsFault::Ok => {
-            ([(header::CONTENT_TYPE, text_plain)], state.metrics.render()).into_response()
+            ([(header::CONTENT_TYPE, text_plain)], state.render_metrics()).into_response()
         }
         MetricsFault::Empty => ([(header::CONTENT_TYPE, text_plain)], "").into_response(),
         MetricsFault::Garbage => {
@@ -308,6 +322,21 @@ vllm:num_requests_waiting{engine=\"0\",model_name=\"x\"} many\n\
 vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"x\"} 0.5 0.6 0.7 extra\n\
 # TYPE vllm:num_requests_running gauge gauge\n\
 \u{fffd}\u{fffd}\u{7}\t{}}}=\"\n";
+
+/// SGLang's `/get_model_info` (not on a vLLM sim).
+async fn model_info(State(state): State<Shared>, request: Request) -> Response {
+    if state.cfg.engine != SimEngine::Sglang {
+        return not_found(request).await.into_response();
+    }
+    axum::Json(serde_json::json!({
+        "model_path": state.cfg.model,
+        "tokenizer_path": state.cfg.model,
+        "is_generation": true,
+        "preferred_sampling_params": null,
+        "weight_version": "default",
+    }))
+    .into_response()
+}
 
 async fn list_models(State(state): State<Shared>) -> Response {
     let cfg = &state.cfg;
@@ -361,7 +390,10 @@ async fn list_models(State(state): State<Shared>) -> Response {
                 id,
                 object: "model",
                 created,
-                owned_by: "vllm",
+                owned_by: match state.cfg.engine {
+                    SimEngine::Vllm => "vllm",
+                    SimEngine::Sglang => "sglang",
+                },
                 root,
                 parent: parent.as_deref(),
                 max_model_len: *max_model_len,

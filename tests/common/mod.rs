@@ -167,6 +167,27 @@ impl RouterProcess {
         env: &[(&str, &str)],
     ) -> RouterProcess {
         let config = Self::write_config(servers, config_lines);
+        Self::launch_config(config, port, extra, env).await
+    }
+
+    /// Starts the router on a servers.toml written as `text` (for entries `start` cannot
+    /// write), without waiting for it to be ready.
+    pub async fn launch_toml(text: &str) -> RouterProcess {
+        let config = std::env::temp_dir().join(format!(
+            "mvllm-test-{}-{}.toml",
+            std::process::id(),
+            CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&config, text).unwrap();
+        Self::launch_config(config, 0, &[], &[]).await
+    }
+
+    async fn launch_config(
+        config: std::path::PathBuf,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RouterProcess {
         let port = port.to_string();
         let args: Vec<String> = ["run", "--console", "--host", "127.0.0.1", "--port", &port]
             .iter()
@@ -339,8 +360,13 @@ impl Sim {
     /// Starts `mvllm sim --port <port> <args>` (0: any free port) and waits until it answers
     /// /health; a server restarted on its old port comes back at the same URL.
     pub async fn start_on(port: u16, args: &[&str]) -> Sim {
+        Sim::start_at("127.0.0.1", port, args).await
+    }
+
+    /// Starts `mvllm sim --host <host> --port <port> <args>` (another loopback address, say).
+    pub async fn start_at(host: &str, port: u16, args: &[&str]) -> Sim {
         let port = port.to_string();
-        let args: Vec<String> = ["sim", "--host", "127.0.0.1", "--port", &port]
+        let args: Vec<String> = ["sim", "--host", host, "--port", &port]
             .iter()
             .chain(args)
             .map(|s| s.to_string())
@@ -467,7 +493,7 @@ pub async fn get_json(url: String) -> serde_json::Value {
 }
 
 /// Polls `ready` every 20 ms until it holds; panics after `STARTUP_LIMIT` with `what`.
-async fn poll_until<F, Fut>(what: String, mut ready: F)
+pub async fn poll_until<F, Fut>(what: String, mut ready: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
