@@ -154,6 +154,51 @@ pub fn models(snapshot: &Snapshot) -> Value {
     json!({"object": "list", "data": data})
 }
 
+/// `GET /v1/models/{id}`: the card `/v1/models` lists for `id`, if a healthy server serves it.
+pub fn model(snapshot: &Snapshot, id: &str) -> Option<Value> {
+    snapshot
+        .backends
+        .iter()
+        .filter(|b| b.state.is_healthy())
+        .find_map(|b| {
+            b.state
+                .models
+                .load()
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.card.clone())
+        })
+}
+
+/// The model id of a `/v1/models/{id}` path, percent-decoded (ids such as
+/// `meta-llama/Llama-3.1-8B` hold a slash, which clients may send as is or as `%2F`).
+pub fn model_id(path: &str) -> String {
+    let raw = path
+        .strip_prefix("/v1/models/")
+        .unwrap_or_default()
+        .as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
@@ -168,6 +213,21 @@ mod tests {
     use crate::backend::tests::healthy;
     use crate::cluster::Cluster;
     use crate::config::Settings;
+
+    #[test]
+    fn model_ids_in_paths() {
+        assert_eq!(model_id("/v1/models/llama"), "llama");
+        assert_eq!(
+            model_id("/v1/models/meta-llama/Llama-3.1-8B"),
+            "meta-llama/Llama-3.1-8B"
+        );
+        assert_eq!(
+            model_id("/v1/models/meta-llama%2FLlama-3.1-8B"),
+            "meta-llama/Llama-3.1-8B"
+        );
+        assert_eq!(model_id("/v1/models/100%"), "100%");
+        assert_eq!(model_id("/v1/models/%zz"), "%zz");
+    }
 
     #[test]
     fn health_status_and_code() {

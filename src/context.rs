@@ -89,15 +89,18 @@ pub enum LocalRoute {
     Health,
     LoadStats,
     Models,
+    /// `/v1/models/{id}`: one model's card.
+    Model,
     Metrics,
     NotFound,
 }
 
 impl LocalRoute {
-    pub const ALL: [LocalRoute; 5] = [
+    pub const ALL: [LocalRoute; 6] = [
         LocalRoute::Health,
         LocalRoute::LoadStats,
         LocalRoute::Models,
+        LocalRoute::Model,
         LocalRoute::Metrics,
         LocalRoute::NotFound,
     ];
@@ -107,6 +110,7 @@ impl LocalRoute {
             LocalRoute::Health => "health",
             LocalRoute::LoadStats => "load_stats",
             LocalRoute::Models => "models",
+            LocalRoute::Model => "model",
             LocalRoute::Metrics => "metrics",
             LocalRoute::NotFound => "not_found",
         }

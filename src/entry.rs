@@ -144,6 +144,7 @@ impl Router {
             (&Method::GET, "/metrics") if operator => LocalRoute::Metrics,
             _ if admin => LocalRoute::NotFound,
             (&Method::GET, "/v1/models") => LocalRoute::Models,
+            (&Method::GET, p) if p.starts_with("/v1/models/") => LocalRoute::Model,
             (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => {
                 if let Some(traces) = &self.traces {
                     ctx.trace = Some(Box::new(traces.begin(ctx, &header.headers)));
@@ -164,6 +165,18 @@ impl Router {
                 respond::json(session, ctx, 200, &api::load_stats(&snapshot)).await
             }
             LocalRoute::Models => respond::json(session, ctx, 200, &api::models(&snapshot)).await,
+            LocalRoute::Model => {
+                let id = api::model_id(&ctx.path);
+                match api::model(&snapshot, &id) {
+                    Some(card) => respond::json(session, ctx, 200, &card).await,
+                    None => {
+                        let error =
+                            ApiError::not_found(format!("The model `{id}` does not exist."))
+                                .with_param("model");
+                        respond::error(session, ctx, &error, &[]).await
+                    }
+                }
+            }
             LocalRoute::Metrics => {
                 let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
                 let text = self.cluster.stats().render(&views, self.recorder.active());

@@ -48,6 +48,13 @@ pub struct Faults {
         value_name = "STATUS"
     )]
     pub error_status: u16,
+    /// `Retry-After` of injected 429s, in seconds (what a rate limiter in front of vLLM says).
+    #[arg(
+        long = "fault-retry-after",
+        default_value_t = 7,
+        value_name = "SECONDS"
+    )]
+    pub retry_after: u64,
     /// Delay before an inference request is handled at all, in milliseconds.
     #[arg(long = "fault-delay-ms", default_value_t = 0, value_name = "MS")]
     pub delay_ms: u64,
@@ -97,6 +104,7 @@ impl Default for Faults {
         Faults {
             error_rate: 0.0,
             error_status: 500,
+            retry_after: 7,
             delay_ms: 0,
             hang_rate: 0.0,
             close_rate: 0.0,

@@ -1,4 +1,5 @@
-//! The inference endpoints: /v1/chat/completions, /v1/completions and /v1/embeddings.
+//! The inference endpoints: /v1/chat/completions, /v1/completions, /v1/responses and
+//! /v1/embeddings.
 //!
 //! Each request is checked like vLLM checks it, turned into prompt tokens, queued on an engine
 //! (one generation per choice), and answered either at the end as one JSON body or token by
@@ -18,13 +19,16 @@ use futures_util::stream::{self, select_all, StreamExt};
 
 use super::engine::{GenRequest, Generation, TokenEvent};
 use super::kv_cache::prefix_block_hashes;
+use super::logprobs::{self, Wanted};
 use super::metrics::FinishedReason;
 use super::protocol::*;
+use super::responses::{self, ResponsesRequest};
 use super::server::{
     body_bytes, client_request_id, inject_faults, unix_now, with_request_id, ConnKill, Shared,
     SimState,
 };
 use super::tokenizer::{chat_prompt_with, embedding, output_token, prompt_key, tokenize};
+use super::tools::{self, Forced};
 use crate::openai::ApiError;
 
 /// Most choices one request may ask for (`n`, times the prompts of a batch).
@@ -64,12 +68,17 @@ impl ChoicePlan {
     fn full_text(&self, seed: u64, generated: u32) -> String {
         (1..=generated).map(|g| self.token_text(seed, g)).collect()
     }
+
+    fn tokens(&self, seed: u64, generated: u32) -> Vec<&'static str> {
+        (1..=generated).map(|g| self.token_text(seed, g)).collect()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Api {
     Chat,
     Completion,
+    Responses,
 }
 
 /// Everything needed to answer a generation request once its tokens come out.
@@ -81,6 +90,13 @@ struct Answer {
     seed: u64,
     prompt_tokens: usize,
     choices: Vec<ChoicePlan>,
+    /// Log-probabilities asked for.
+    logprobs: Option<Wanted>,
+    /// The function every choice calls, when `tool_choice` forces one.
+    tool: Option<Forced>,
+    /// The Responses API's echoes of the request.
+    instructions: Option<String>,
+    max_output_tokens: Option<u32>,
 }
 
 pub async fn chat(
@@ -90,6 +106,15 @@ pub async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(Endpoint::Chat, state, kill.map(|k| k.0), headers, body).await
+}
+
+pub async fn responses(
+    State(state): State<Shared>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(Endpoint::Responses, state, kill.map(|k| k.0), headers, body).await
 }
 
 pub async fn completions(
@@ -129,6 +154,7 @@ enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    Responses,
 }
 
 /// What every inference endpoint does around its own work: faults first (a failing server
@@ -148,6 +174,7 @@ async fn handle(
     let planned = match endpoint {
         Endpoint::Chat => plan_chat(&state, &request_id, body),
         Endpoint::Completions => plan_completion(&state, &request_id, body),
+        Endpoint::Responses => plan_responses(&state, &request_id, body),
         Endpoint::Embeddings => {
             let answer = embed(&state, &request_id, body).await;
             return with_request_id(
@@ -224,7 +251,15 @@ fn plan_chat(
     }];
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     let streaming = Streaming::new(request.stream, request.stream_options.as_ref());
-    let (answer, requests) = plan_generation(
+    let wanted = Wanted::chat(request.logprobs, request.top_logprobs)?;
+    let tool = tools::forced(request.tools.as_deref(), request.tool_choice.as_ref())?;
+    if tool.is_some() && streaming.enabled {
+        return Err(ApiError::bad_request(
+            "mvllm sim answers a forced tool_choice only without stream",
+        )
+        .with_param("stream"));
+    }
+    let (mut answer, requests) = plan_generation(
         state,
         Api::Chat,
         format!("chatcmpl-{request_id}"),
@@ -233,6 +268,8 @@ fn plan_chat(
         max_tokens,
         request.n,
     )?;
+    answer.logprobs = wanted;
+    answer.tool = tool;
     Ok((answer, requests, streaming))
 }
 
@@ -249,7 +286,8 @@ fn plan_completion(
         .ok_or_else(|| ApiError::bad_request("Field required: prompt").with_param("prompt"))?;
     let prompts = prompt_list(prompt, "prompt")?;
     let streaming = Streaming::new(request.stream, request.stream_options.as_ref());
-    let (answer, requests) = plan_generation(
+    let wanted = Wanted::completion(request.logprobs)?;
+    let (mut answer, requests) = plan_generation(
         state,
         Api::Completion,
         format!("cmpl-{request_id}"),
@@ -258,7 +296,41 @@ fn plan_completion(
         request.max_tokens,
         request.n,
     )?;
+    answer.logprobs = wanted;
     Ok((answer, requests, streaming))
+}
+
+fn plan_responses(
+    state: &SimState,
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Planned, ApiError> {
+    let body = body_bytes(body)?;
+    let request: ResponsesRequest = parse_json(&body)?;
+    let model = state.resolve_model(request.model.as_deref())?;
+    let messages = request.messages()?;
+    let prompt = chat_prompt_with(
+        messages
+            .iter()
+            .map(|(role, text)| (role.as_str(), text.as_str())),
+        true,
+        false,
+    );
+    let prompts = vec![PromptTokens {
+        tokens: tokenize(&prompt),
+    }];
+    let (mut answer, requests) = plan_generation(
+        state,
+        Api::Responses,
+        request_id.to_string(),
+        model,
+        &prompts,
+        request.max_output_tokens,
+        None,
+    )?;
+    answer.instructions = request.instructions;
+    answer.max_output_tokens = request.max_output_tokens;
+    Ok((answer, requests, Streaming::new(None, None)))
 }
 
 /// Splits a prompt or input into its tokenized prompts (a batch has several).
@@ -314,6 +386,10 @@ fn plan_generation(
         seed: cfg.seed,
         prompt_tokens: 0,
         choices: Vec::with_capacity(n * prompts.len()),
+        logprobs: None,
+        tool: None,
+        instructions: None,
+        max_output_tokens: None,
     };
     let mut requests = Vec::with_capacity(n * prompts.len());
     for prompt in prompts {
@@ -391,6 +467,18 @@ async fn respond(
         counts.iter().map(|&c| c as usize).sum(),
     );
     match answer.api {
+        Api::Responses => axum::Json(responses::body(&responses::Generated {
+            id: &answer.id,
+            model: &answer.model,
+            created: answer.created,
+            text: &texts[0],
+            input_tokens: answer.prompt_tokens,
+            output_tokens: counts[0] as usize,
+            cut: answer.choices[0].finish == FinishedReason::Length,
+            max_output_tokens: answer.max_output_tokens,
+            instructions: answer.instructions.as_deref(),
+        }))
+        .into_response(),
         Api::Chat => axum::Json(ChatCompletion {
             id: &answer.id,
             object: "chat.completion",
@@ -401,17 +489,30 @@ async fn respond(
                 .iter()
                 .zip(&texts)
                 .enumerate()
-                .map(|(index, (plan, text))| ChatChoice {
-                    index: index as u32,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        reasoning_content: None,
-                        content: text,
-                        tool_calls: [],
-                    },
-                    logprobs: None,
-                    finish_reason: plan.finish_reason(),
-                    stop_reason: None,
+                .zip(&counts)
+                .map(|((index, (plan, text)), &count)| {
+                    let seed = answer.seed;
+                    let calls = answer.tool.as_ref().map(|tool| {
+                        let id = answer.id.strip_prefix("chatcmpl-").unwrap_or(&answer.id);
+                        tools::calls(tool, &format!("{id}{index}"), seed, plan.prompt_key)
+                    });
+                    ChatChoice {
+                        index: index as u32,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            reasoning_content: None,
+                            content: calls.is_none().then_some(text.as_str()),
+                            tool_calls: calls.clone().unwrap_or_default(),
+                        },
+                        logprobs: answer.logprobs.map(|wanted| {
+                            logprobs::chat(seed, plan.prompt_key, &plan.tokens(seed, count), wanted)
+                        }),
+                        finish_reason: match calls {
+                            Some(_) => "tool_calls",
+                            None => plan.finish_reason(),
+                        },
+                        stop_reason: None,
+                    }
                 })
                 .collect(),
             usage,
@@ -429,10 +530,14 @@ async fn respond(
                 .iter()
                 .zip(&texts)
                 .enumerate()
-                .map(|(index, (plan, text))| CompletionChoice {
+                .zip(&counts)
+                .map(|((index, (plan, text)), &count)| CompletionChoice {
                     index: index as u32,
                     text,
-                    logprobs: None,
+                    logprobs: answer.logprobs.map(|wanted| {
+                        let tokens = plan.tokens(answer.seed, count);
+                        logprobs::completion(answer.seed, plan.prompt_key, 1, &tokens, 0, wanted)
+                    }),
                     finish_reason: plan.finish_reason(),
                     stop_reason: None,
                     prompt_logprobs: None,
@@ -459,7 +564,8 @@ impl SseWriter {
         sse_event(&Chunk {
             id: &self.answer.id,
             object: match self.answer.api {
-                Api::Chat => "chat.completion.chunk",
+                // (a Responses request is never streamed: plan_responses refuses it)
+                Api::Chat | Api::Responses => "chat.completion.chunk",
                 Api::Completion => "text_completion",
             },
             created: self.answer.created,
@@ -483,6 +589,8 @@ impl SseWriter {
         let plan = self.answer.choices[index];
         let text = plan.token_text(self.answer.seed, event.generated);
         let finish_reason = event.finished.then(|| plan.finish_reason());
+        let seed = self.answer.seed;
+        let wanted = self.answer.logprobs;
         let usage = self.streaming.continuous_usage.then(|| {
             // vLLM's per-chunk usage counts this choice's tokens so far.
             StreamUsage::from(Usage::new(
@@ -492,7 +600,7 @@ impl SseWriter {
         });
         let index = index as u32;
         match self.answer.api {
-            Api::Chat => {
+            Api::Chat | Api::Responses => {
                 let mut out = BytesMut::new();
                 if event.generated == 1 {
                     // The first chunk of a choice carries the role, and no text.
@@ -517,7 +625,16 @@ impl SseWriter {
                             role: None,
                             content: text,
                         },
-                        logprobs: None,
+                        logprobs: wanted.map(|w| {
+                            let entry = logprobs::chat_entry(
+                                seed,
+                                plan.prompt_key,
+                                event.generated,
+                                text,
+                                w,
+                            );
+                            serde_json::json!({ "content": [entry] })
+                        }),
                         finish_reason,
                         stop_reason: event.finished,
                     }],
@@ -529,7 +646,17 @@ impl SseWriter {
                 [CompletionChunkChoice {
                     index,
                     text,
-                    logprobs: None,
+                    logprobs: wanted.map(|w| {
+                        let offset = plan.full_text(seed, event.generated - 1).len();
+                        logprobs::completion(
+                            seed,
+                            plan.prompt_key,
+                            event.generated,
+                            &[text],
+                            offset,
+                            w,
+                        )
+                    }),
                     finish_reason,
                     stop_reason: None,
                 }],

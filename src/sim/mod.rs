@@ -23,11 +23,14 @@ pub mod faults;
 pub mod inference;
 pub mod kv_cache;
 pub mod lagged;
+pub mod logprobs;
 pub mod metrics;
 pub mod protocol;
+pub mod responses;
 pub mod scheduler;
 pub mod server;
 pub mod tokenizer;
+pub mod tools;
 
 pub use args::SimArgs;
 

@@ -45,6 +45,14 @@ pub struct ChatRequest {
     /// vLLM's: the last message is an assistant message to continue, left open (default false).
     #[serde(default)]
     pub continue_final_message: Option<bool>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    #[serde(default)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 /// A completion prompt or embedding input: text, texts, token ids, or lists of token ids.
@@ -71,6 +79,9 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// How many alternatives per token to report with its log-probability.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,15 +117,18 @@ pub fn message_text(content: &Option<serde_json::Value>) -> Result<String, ApiEr
             let mut text = String::new();
             for part in parts {
                 match part.get("type").and_then(Value::as_str) {
-                    Some("text") => match part.get("text").and_then(Value::as_str) {
-                        Some(t) => text.push_str(t),
-                        None => {
-                            return Err(ApiError::bad_request(
-                                "a content part of type \"text\" needs a string \"text\"",
-                            )
-                            .with_param("messages"))
+                    // "input_text" and "output_text" are the Responses API's names.
+                    Some("text" | "input_text" | "output_text") => {
+                        match part.get("text").and_then(Value::as_str) {
+                            Some(t) => text.push_str(t),
+                            None => {
+                                return Err(ApiError::bad_request(
+                                    "a content part of type \"text\" needs a string \"text\"",
+                                )
+                                .with_param("messages"))
+                            }
                         }
-                    },
+                    }
                     Some(_) => text.push_str("<media>"),
                     None => {
                         return Err(ApiError::bad_request("every content part needs a \"type\"")
@@ -175,15 +189,15 @@ impl From<Usage> for StreamUsage {
 pub struct AssistantMessage<'a> {
     pub role: &'static str,
     pub reasoning_content: Option<()>,
-    pub content: &'a str,
-    pub tool_calls: [(); 0],
+    pub content: Option<&'a str>,
+    pub tool_calls: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize)]
 pub struct ChatChoice<'a> {
     pub index: u32,
     pub message: AssistantMessage<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: &'static str,
     pub stop_reason: Option<()>,
 }
@@ -204,7 +218,7 @@ pub struct ChatCompletion<'a> {
 pub struct CompletionChoice<'a> {
     pub index: u32,
     pub text: &'a str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: &'static str,
     pub stop_reason: Option<()>,
     pub prompt_logprobs: Option<()>,
@@ -312,7 +326,7 @@ pub struct ChatDelta<'a> {
 pub struct ChatChunkChoice<'a> {
     pub index: u32,
     pub delta: ChatDelta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'static str>,
     /// vLLM adds `stop_reason` only to the chunk that finishes a choice.
     #[serde(skip_serializing_if = "is_false", serialize_with = "null")]
@@ -323,7 +337,7 @@ pub struct ChatChunkChoice<'a> {
 pub struct CompletionChunkChoice<'a> {
     pub index: u32,
     pub text: &'a str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<serde_json::Value>,
     pub finish_reason: Option<&'static str>,
     pub stop_reason: Option<()>,
 }

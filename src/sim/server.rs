@@ -177,9 +177,8 @@ pub async fn inject_faults(
             let mut response = injected_error(status).into_response();
             if status == 429 {
                 // What a rate limiter in front of vLLM says: when to come back.
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+                let seconds = HeaderValue::from(state.faults.get().retry_after);
+                response.headers_mut().insert(header::RETRY_AFTER, seconds);
             }
             Err(response)
         }
@@ -216,6 +215,7 @@ pub fn router(state: Shared) -> Router {
         .route("/get_model_info", get(model_info))
         .route("/v1/chat/completions", post(inference::chat))
         .route("/v1/completions", post(inference::completions))
+        .route("/v1/responses", post(inference::responses))
         .route("/v1/embeddings", post(inference::embeddings))
         .route(
             "/sim/faults",
