@@ -63,10 +63,10 @@ fn notify_events(
     let file_name = file_name.to_os_string();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let ours = event.is_ok_and(|event| {
-            event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+            event.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|name| name == file_name || is_configmap_swap(name))
+            })
         });
         if ours {
             let _ = events.send(());
@@ -74,6 +74,13 @@ fn notify_events(
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(Box::new(watcher))
+}
+
+/// Whether `name` is one of the entries Kubernetes swaps to update a mounted ConfigMap: the
+/// file is a symlink through `..data`, a symlink to a timestamped directory (`..2026_…`) that
+/// the kubelet replaces by renaming `..data_tmp` over it. The file's own name sees no event.
+fn is_configmap_swap(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b"..data")
 }
 
 /// Loads the file if its text differs from `last`; applies it if it is valid.
