@@ -48,3 +48,22 @@ ensure_python_env() {
   fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 }
+
+# The Compose file schema, for checking docker-compose.yml without a container engine: the
+# compose-spec JSON schema that the last Python docker-compose (1.29.2) ships, taken from its
+# wheel (not installed: it only brings the file). Needs ensure_python_env first.
+ensure_compose_schema() {
+  local schema=.venv/compose_spec.json
+  [ -s "$schema" ] && return 0
+  local dir
+  dir=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
+    --dest "$dir" docker-compose==1.29.2
+  .venv/bin/python - "$dir" "$schema" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/docker_compose-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("compose/config/compose_spec.json"))
+PY
+  rm -rf "$dir"
+}

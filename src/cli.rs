@@ -34,6 +34,8 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Show what the router would see of one server (models, load, health) and why.
     Probe(crate::probe::ProbeArgs),
+    /// Ask a running router's /health; exit 0 if it answers 200 (a container's HEALTHCHECK).
+    Health(crate::healthcheck::HealthArgs),
     /// Print the version.
     Version,
 }

@@ -53,6 +53,7 @@ pub mod entry;
 pub mod features;
 pub mod forward;
 pub mod headers;
+pub mod healthcheck;
 pub mod logging;
 pub mod monitor;
 pub mod openai;

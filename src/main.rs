@@ -46,6 +46,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Health(args) => match block_on(mvllm::healthcheck::check(&args)) {
+            Ok(Ok(line)) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Ok(Err(line)) => {
+                eprintln!("{line}");
+                ExitCode::FAILURE
+            }
+            Err(code) => code,
+        },
         Command::Version => {
             println!("mvllm {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

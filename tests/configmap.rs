@@ -29,13 +29,23 @@ async fn a_configmap_update_is_applied_without_waiting_for_the_poll() {
     let dir = std::env::temp_dir().join(format!("mvllm-configmap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).unwrap();
-    kubelet_update(&dir, "..2026_12_03_10_00_00.1", &servers_file(&[(&a.url, 4)], config));
+    kubelet_update(
+        &dir,
+        "..2026_12_03_10_00_00.1",
+        &servers_file(&[(&a.url, 4)], config),
+    );
     symlink("..data/servers.toml", dir.join("servers.toml")).unwrap();
 
     let path = dir.join("servers.toml");
     let router = RouterProcess::spawn_unowned(&[
-        "run", "--console", "--host", "127.0.0.1", "--port", "0",
-        "--config", path.to_str().unwrap(),
+        "run",
+        "--console",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--config",
+        path.to_str().unwrap(),
     ])
     .await;
     router.wait_healthy(1).await;
