@@ -222,6 +222,12 @@ def test_sdk_retries_honour_retry_after(faulty):
         assert len(sent) == 3, "the first try and two retries"
         gaps = [b - a for a, b in zip(sent, sent[1:])]
         assert all(g >= 0.9 for g in gaps), f"the SDK waited as Retry-After said: {gaps}"
+        # A 503 (vLLM's "engine busy") is retried by the SDK too, with its own backoff.
+        set_faults(sim, {"error_rate": 1.0, "error_status": 503})
+        sent.clear()
+        with pytest.raises(openai.InternalServerError) as e:
+            client.with_options(max_retries=1).chat.completions.create(model="llama", messages=HI, max_tokens=2)
+        assert e.value.status_code == 503 and len(sent) == 2
     finally:
         set_faults(sim, {})
 
