@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{client, poll_until, RouterProcess, Sim};
+use common::{client, get_json, poll_until, RouterProcess, Sim};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
@@ -93,14 +93,7 @@ fn reply(query: &Message, answer: &Answer) -> Option<Vec<u8>> {
 
 /// The servers the router lists in /health: (url, discovered_from).
 async fn servers(router: &RouterProcess) -> Vec<(String, Value)> {
-    let health: Value = client()
-        .get(router.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(router.at("/health")).await;
     let mut listed: Vec<(String, Value)> = health["servers"]
         .as_array()
         .unwrap()
@@ -163,14 +156,7 @@ async fn every_address_of_a_name_is_a_server_and_follows_the_answers() {
         Ipv4Addr::new(127, 0, 0, 3),
     ]));
     router.wait_healthy(2).await;
-    let stats: Value = client()
-        .get(router.at("/load-stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(router.at("/load-stats")).await;
     for server in stats["servers"].as_array().unwrap() {
         assert_eq!(server["max_capacity"], 4, "{server}");
         assert_eq!(server["discovered_from"], json!(entry), "{server}");

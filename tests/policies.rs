@@ -216,15 +216,19 @@ async fn a_server_that_slows_down_gets_less_traffic() {
         "expose_routing_headers = true\n",
     )
     .await;
+    // Both servers' speeds are learned first: batches of 8 at once (twice the capacity of
+    // one) spread over both, whatever timing noise says of two equal servers. (One request at
+    // a time would all go to whichever measured a little faster, and a slowdown of a server
+    // that gets no traffic could not be seen.)
     let mut to_a = 0;
-    for _ in 0..20 {
-        if answered_after(&router, "m", None, 10).await == a.url {
-            to_a += 1;
-        }
+    for _ in 0..3 {
+        let batch = (0..8).map(|_| answered_after(&router, "m", None, 10));
+        let servers = futures_util::future::join_all(batch).await;
+        to_a += servers.iter().filter(|s| **s == a.url).count();
     }
     assert!(
-        (3..=17).contains(&to_a),
-        "equal servers share: {to_a} of 20 to a"
+        (6..=18).contains(&to_a),
+        "equal servers share: {to_a} of 24 to a"
     );
 
     // a throttles to a tenth of its speed: within a few of its answers, b takes nearly all.

@@ -4,18 +4,11 @@
 
 mod common;
 
-use common::{client, poll_until, RouterProcess, Sim};
+use common::{client, get_json, poll_until, RouterProcess, Sim};
 use serde_json::{json, Value};
 
 async fn load_stats(router: &RouterProcess) -> Vec<Value> {
-    let stats: Value = client()
-        .get(router.at("/load-stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(router.at("/load-stats")).await;
     stats["servers"].as_array().unwrap().clone()
 }
 

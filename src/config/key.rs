@@ -237,13 +237,7 @@ impl Kind for ListenAddress {
         None
     }
     fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError> {
-        let v: String = typed(value)?;
-        if v.is_empty() {
-            return Ok(None);
-        }
-        v.parse()
-            .map(Some)
-            .map_err(|_| ReadError::NotAllowed(format!("must be {}, got {v:?}", self.allowed())))
+        optional_address(value, None, &self.allowed())
     }
     fn allowed(&self) -> String {
         "an IP:PORT to listen on, e.g. \"127.0.0.1:9888\", or \"\" for none".into()
@@ -251,6 +245,24 @@ impl Kind for ListenAddress {
     fn show(&self, value: &Self::Value) -> String {
         value.map_or("none".into(), |a| a.to_string())
     }
+}
+
+/// `IP:PORT`, or `""` for none; with a `default_port`, a bare `IP` too.
+fn optional_address(
+    value: &Spanned<DeValue<'_>>,
+    default_port: Option<u16>,
+    allowed: &str,
+) -> Result<Option<std::net::SocketAddr>, ReadError> {
+    let v: String = typed(value)?;
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if let (Some(port), Ok(ip)) = (default_port, v.parse::<std::net::IpAddr>()) {
+        return Ok(Some(std::net::SocketAddr::new(ip, port)));
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| ReadError::NotAllowed(format!("must be {allowed}, got {v:?}")))
 }
 
 /// An optional DNS server, `IP` or `IP:PORT` (port 53 if none is given).
@@ -262,16 +274,7 @@ impl Kind for DnsServer {
         None
     }
     fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError> {
-        let v: String = typed(value)?;
-        if v.is_empty() {
-            return Ok(None);
-        }
-        if let Ok(ip) = v.parse::<std::net::IpAddr>() {
-            return Ok(Some(std::net::SocketAddr::new(ip, 53)));
-        }
-        v.parse()
-            .map(Some)
-            .map_err(|_| ReadError::NotAllowed(format!("must be {}, got {v:?}", self.allowed())))
+        optional_address(value, Some(53), &self.allowed())
     }
     fn allowed(&self) -> String {
         "a DNS server's IP or IP:PORT, e.g. \"10.96.0.10\", or \"\" for the system's".into()

@@ -549,6 +549,37 @@ health_check_consecutive_failures = 3
     }
 
     #[test]
+    fn engines_discovery_and_dns_servers() {
+        let c = parse(
+            "[servers]\nservers = [\n{ url = \"http://a:1\", engine = \"sglang\" },\n\
+             { url = \"http://pods:8000\", dns_discovery = true },\n]\n\
+             [config]\ndns_server = \"10.96.0.10\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers[0].engine, Engine::Sglang);
+        assert!(!c.servers[0].dns_discovery);
+        assert_eq!(c.servers[1].engine, Engine::Auto);
+        assert!(c.servers[1].dns_discovery);
+        assert_eq!(
+            c.settings.dns_server,
+            Some("10.96.0.10:53".parse().unwrap())
+        );
+        let c = parse("[config]\ndns_server = \"127.0.0.1:5353\"\n").unwrap();
+        assert_eq!(
+            c.settings.dns_server,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        let bad = parse("[config]\ndns_server = \"dns.local\"\n").unwrap_err();
+        assert!(
+            bad.contains("line 2") && bad.contains("dns_server") && bad.contains("IP:PORT"),
+            "{bad}"
+        );
+        let bad = parse("[servers]\nservers = [{ url = \"http://a:1\", engine = \"tgi\" }]\n")
+            .unwrap_err();
+        assert!(bad.contains("engine") && bad.contains("sglang"), "{bad}");
+    }
+
+    #[test]
     fn mistakes_name_file_line_key_and_what_is_allowed() {
         let unknown = parse("[config]\nmax_retrys = 3\n").unwrap_err();
         assert!(unknown.starts_with("servers.toml: line 2"), "{unknown}");
