@@ -241,7 +241,7 @@ pub async fn pump(
         peer,
         ..
     } = answer;
-    let mut usage = UsageScanner::default();
+    let mut usage = UsageScanner::for_path(&ctx.path);
     let scan = is_json_or_sse(&upstream_header);
     // A stream whose end the router writes (chunked, not a fixed length) can be ended with an
     // error event when the server breaks off; anything else can only be cut.

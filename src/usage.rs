@@ -4,6 +4,10 @@
 //! with `continuous_usage_stats`). The router does not buffer or parse the answer for them: it
 //! searches each chunk for the two keys, and the last value seen wins.
 //!
+//! The Responses API names them `input_tokens` and `output_tokens` (in its answer, and in the
+//! `response.completed` event that ends its stream); a scanner made for `/v1/responses` looks
+//! for those instead.
+//!
 //! A key found this way is a real key, never text inside a string: inside a JSON string a
 //! quote is escaped (`\"`), so `"prompt_tokens":` cannot match there.
 
@@ -16,6 +20,8 @@ use memchr::memmem::Finder;
 static PROMPT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"prompt_tokens\":"));
 static COMPLETION: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"completion_tokens\":"));
+static INPUT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"input_tokens\":"));
+static OUTPUT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"output_tokens\":"));
 
 /// Prompt and completion tokens, when the response told them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub struct UsageScanner {
     /// The stream's last bytes before the current chunk, and how many are valid.
     carry: [u8; CARRY],
     carried: usize,
+    /// The keys of the prompt's and the answer's counts.
+    keys: [&'static LazyLock<Finder<'static>>; 2],
     pub usage: Usage,
 }
 
@@ -40,12 +48,22 @@ impl Default for UsageScanner {
         UsageScanner {
             carry: [0; CARRY],
             carried: 0,
+            keys: [&PROMPT, &COMPLETION],
             usage: Usage::default(),
         }
     }
 }
 
 impl UsageScanner {
+    /// A scanner for the answer to a request for `path`.
+    pub fn for_path(path: &str) -> UsageScanner {
+        let mut scanner = UsageScanner::default();
+        if path == "/v1/responses" {
+            scanner.keys = [&INPUT, &OUTPUT];
+        }
+        scanner
+    }
+
     /// Looks at the next chunk of the body.
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.carried > 0 {
@@ -70,10 +88,10 @@ impl UsageScanner {
     }
 
     fn scan(&mut self, bytes: &[u8], seam: bool) {
-        if let Some(n) = last_number(&PROMPT, bytes, seam) {
+        if let Some(n) = last_number(self.keys[0], bytes, seam) {
             self.usage.prompt_tokens = Some(n);
         }
-        if let Some(n) = last_number(&COMPLETION, bytes, seam) {
+        if let Some(n) = last_number(self.keys[1], bytes, seam) {
             self.usage.completion_tokens = Some(n);
         }
     }
@@ -109,6 +127,23 @@ mod tests {
             scanner.feed(chunk);
         }
         scanner.usage
+    }
+
+    #[test]
+    fn the_responses_api_names_them_otherwise() {
+        let completed = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":4,\"total_tokens\":13}}}\n\n";
+        let mut scanner = UsageScanner::for_path("/v1/responses");
+        scanner.feed(completed);
+        assert_eq!(
+            scanner.usage,
+            Usage {
+                prompt_tokens: Some(9),
+                completion_tokens: Some(4)
+            }
+        );
+        let mut chat = UsageScanner::for_path("/v1/chat/completions");
+        chat.feed(completed);
+        assert_eq!(chat.usage, Usage::default());
     }
 
     #[test]

@@ -330,7 +330,7 @@ fn plan_responses(
     )?;
     answer.instructions = request.instructions;
     answer.max_output_tokens = request.max_output_tokens;
-    Ok((answer, requests, Streaming::new(None, None)))
+    Ok((answer, requests, Streaming::new(request.stream, None)))
 }
 
 /// Splits a prompt or input into its tokenized prompts (a batch has several).
@@ -557,6 +557,8 @@ struct SseWriter {
     generated: Vec<u32>,
     /// Token events written so far (for the cut-stream fault).
     events_written: u32,
+    /// A streamed Responses API answer's event numbering.
+    response_events: responses::EventWriter,
 }
 
 impl SseWriter {
@@ -564,7 +566,7 @@ impl SseWriter {
         sse_event(&Chunk {
             id: &self.answer.id,
             object: match self.answer.api {
-                // (a Responses request is never streamed: plan_responses refuses it)
+                // (a streamed Responses answer has its own events: responses.rs)
                 Api::Chat | Api::Responses => "chat.completion.chunk",
                 Api::Completion => "text_completion",
             },
@@ -598,6 +600,9 @@ impl SseWriter {
                 event.generated as usize,
             ))
         });
+        if self.answer.api == Api::Responses {
+            return self.response_token(event.generated, text);
+        }
         let index = index as u32;
         match self.answer.api {
             Api::Chat | Api::Responses => {
@@ -665,8 +670,43 @@ impl SseWriter {
         }
     }
 
-    /// The usage chunk (if asked for) and `[DONE]`.
-    fn tail(&self) -> Bytes {
+    /// A Responses API answer as it stands with `text` (its one choice).
+    fn response<'a>(&'a self, text: &'a str) -> responses::Generated<'a> {
+        responses::Generated {
+            id: &self.answer.id,
+            model: &self.answer.model,
+            created: self.answer.created,
+            text,
+            input_tokens: self.answer.prompt_tokens,
+            output_tokens: self.generated[0] as usize,
+            cut: self.answer.choices[0].finish == FinishedReason::Length,
+            max_output_tokens: self.answer.max_output_tokens,
+            instructions: self.answer.instructions.as_deref(),
+        }
+    }
+
+    /// The events of one token of a streamed Responses API answer (the opening ones first).
+    fn response_token(&mut self, generated: u32, text: &str) -> Bytes {
+        let mut events = std::mem::take(&mut self.response_events);
+        let mut out = Vec::new();
+        if generated == 1 {
+            out.extend(events.opening(&self.response("")));
+        }
+        out.extend(events.delta(&self.response(""), text));
+        self.response_events = events;
+        Bytes::from(out)
+    }
+
+    /// The usage chunk (if asked for) and `[DONE]`; for the Responses API, its closing events
+    /// (it sends no `[DONE]`).
+    fn tail(&mut self) -> Bytes {
+        if self.answer.api == Api::Responses {
+            let text = self.answer.choices[0].full_text(self.answer.seed, self.generated[0]);
+            let mut events = std::mem::take(&mut self.response_events);
+            let out = events.closing(&self.response(&text));
+            self.response_events = events;
+            return Bytes::from(out);
+        }
         let mut out = BytesMut::new();
         if self.streaming.include_usage {
             let no_choices: [(); 0] = [];
@@ -689,6 +729,7 @@ fn stream_answer(
         answer,
         streaming,
         events_written: 0,
+        response_events: responses::EventWriter::default(),
     };
     let events = select_all(
         generations

@@ -12,6 +12,7 @@ import urllib.request
 import httpx2 as httpx  # the HTTP client the openai SDK is built on (httpx2 since openai 3)
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Process
 
@@ -173,6 +174,33 @@ def test_responses_api(client):
     assert r.usage.output_tokens == 5 and r.usage.total_tokens == r.usage.input_tokens + 5
     r = client.responses.create(model="org/qwen-2", input=[{"role": "user", "content": "Hi"}])
     assert r.status == "completed" and r.output_text
+
+
+def completion_tokens(router):
+    with urllib.request.urlopen(router.url + "/metrics", timeout=5) as r:
+        families = text_string_to_metric_families(r.read().decode())
+        return sum(s.value for f in families if f.name == "mvllm_completion_tokens"
+                   for s in f.samples if s.name == "mvllm_completion_tokens_total")
+
+
+def test_responses_api_streamed(cluster, client):
+    before = completion_tokens(cluster)
+    events = list(client.responses.create(model="llama", input="Stream it", max_output_tokens=6, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds.count("response.output_text.delta") == 6
+    assert kinds[-1] == "response.incomplete", "cut by max_output_tokens"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = events[-1].response
+    assert final.output_text == text and final.usage.output_tokens == 6
+    # The router read the token counts of the Responses API's own names as the stream passed
+    # (recorded as the request ends, which may be just after the client read the last event).
+    deadline = time.monotonic() + 5
+    while completion_tokens(cluster) != before + 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert completion_tokens(cluster) == before + 6
 
 
 def test_raw_response_headers_carry_the_request_id(client):
