@@ -256,3 +256,18 @@ def test_the_helm_chart_lints_and_renders_the_plain_manifests(tmp_path):
     docs = [d for d in yaml.safe_load_all(custom.stdout) if d]
     assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Service"]
     assert next(d for d in docs if d["kind"] == "Deployment")["spec"]["replicas"] == 4
+
+
+def test_the_image_build_stage_runs_and_caches_the_dependencies():
+    """The Dockerfile's build stage, run without Docker (scripts/dockerfile_stages.py): a release
+    build from scratch, a few minutes. The dependency layer holds every dependency, so the
+    second build compiles mvllm alone; the binary the image runs is small."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "dockerfile_stages.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-4000:]
+    runs = result.stdout.split("\nRUN ")
+    assert len(runs) == 3, "the dependency layer's RUN, then mvllm's"
+    compiled = [line.split()[1] for line in runs[2].splitlines() if line.strip().startswith("Compiling ")]
+    assert compiled == ["mvllm"], f"the second build compiled {compiled}"
+    size = float(result.stdout.split("the image's binary: ")[1].split(", ")[1].split(" MiB")[0])
+    assert size < 40, f"{size} MiB"
