@@ -72,9 +72,9 @@ impl UsageScanner {
             let head = chunk.len().min(CARRY);
             seam[..self.carried].copy_from_slice(&self.carry[..self.carried]);
             seam[self.carried..self.carried + head].copy_from_slice(&chunk[..head]);
-            self.scan(&seam[..self.carried + head], true);
+            self.scan(&seam[..self.carried + head]);
         }
-        self.scan(chunk, false);
+        self.scan(chunk);
         // Keep the stream's last CARRY bytes (across small chunks, too).
         if chunk.len() >= CARRY {
             self.carry.copy_from_slice(&chunk[chunk.len() - CARRY..]);
@@ -87,30 +87,47 @@ impl UsageScanner {
         }
     }
 
-    fn scan(&mut self, bytes: &[u8], seam: bool) {
-        if let Some(n) = last_number(self.keys[0], bytes, seam) {
+    fn scan(&mut self, bytes: &[u8]) {
+        if let Some(n) = last_number(self.keys[0], bytes) {
             self.usage.prompt_tokens = Some(n);
         }
-        if let Some(n) = last_number(self.keys[1], bytes, seam) {
+        if let Some(n) = last_number(self.keys[1], bytes) {
             self.usage.completion_tokens = Some(n);
         }
     }
 }
 
-/// The number after the last occurrence of `key` in `bytes`, if it is complete there. In a
-/// seam, a number that runs to the end of the seam may be cut off: it is left to the chunk.
-fn last_number(key: &Finder<'_>, bytes: &[u8], seam: bool) -> Option<u64> {
-    let at = key.find_iter(bytes).last()? + key.needle().len();
-    let rest = &bytes[at..];
-    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+/// Blanks allowed between a key and its number (vLLM writes none, other servers one).
+const MAX_BLANKS: usize = 4;
+/// Digits of a count (u64 has 20).
+const MAX_DIGITS: usize = 20;
+
+/// The number after the last occurrence of `key` in `bytes` that has one there: at most
+/// `MAX_BLANKS` blanks, 1 to `MAX_DIGITS` digits, and the byte after them in `bytes` (a number
+/// running to the end of `bytes` may go on in the next chunk). The whole of such a match is at
+/// most `CARRY` bytes long, so wherever the stream is split it lies whole in one chunk or in
+/// one seam, and the answer does not depend on where the stream was split (an occurrence
+/// without a number hides no earlier one).
+fn last_number(key: &Finder<'_>, bytes: &[u8]) -> Option<u64> {
+    let after = key.needle().len();
+    key.find_iter(bytes)
+        .filter_map(|at| number_at(&bytes[at + after..]))
+        .last()
+}
+
+/// The number at the start of `rest` (after blanks), if it is complete there.
+fn number_at(rest: &[u8]) -> Option<u64> {
+    let start = rest
+        .iter()
+        .take(MAX_BLANKS + 1)
+        .position(|b| !b.is_ascii_whitespace())?;
     let digits = rest[start..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
         .count();
-    if digits == 0 || (seam && start + digits == rest.len()) {
+    if digits == 0 || digits > MAX_DIGITS || start + digits == rest.len() {
         return None;
     }
-    // Within 20 digits, or it is not a token count.
     std::str::from_utf8(&rest[start..start + digits])
         .ok()?
         .parse()
@@ -127,6 +144,49 @@ mod tests {
             scanner.feed(chunk);
         }
         scanner.usage
+    }
+
+    #[test]
+    fn a_key_without_a_number_hides_no_earlier_value() {
+        // Found by the `sse` fuzz target: split every 3 bytes, the first value was read from
+        // its own chunk; whole, the later bare key hid it.
+        let body = br#"{"completion_tokens":2,"x":{"completion_tokens":"n/a"}}"#;
+        let expected = Usage {
+            prompt_tokens: None,
+            completion_tokens: Some(2),
+        };
+        assert_eq!(scan(&[body]), expected);
+        for step in 1..body.len() {
+            let chunks: Vec<&[u8]> = body.chunks(step).collect();
+            assert_eq!(scan(&chunks), expected, "split every {step}");
+        }
+    }
+
+    #[test]
+    fn what_counts_does_not_depend_on_the_split() {
+        // Found by the `sse` fuzz target: a number at the very end of the stream (read whole,
+        // but missed when its last digit came alone), and 21 digits (read whole as nothing, but
+        // split, its first 20 were taken before the 21st came). A number counts once the byte
+        // after it has arrived, and has at most 20 digits; JSON always has that byte.
+        for body in [
+            &br#"{"prompt_tokens":4} {"prompt_tokens":3"#[..],
+            &br#"{"prompt_tokens":4} {"prompt_tokens":111111111111111111111}"#[..],
+            &br#"{"prompt_tokens":4} {"prompt_tokens":      3}"#[..],
+        ] {
+            for step in 1..=body.len() {
+                let chunks: Vec<&[u8]> = body.chunks(step).collect();
+                assert_eq!(scan(&chunks).prompt_tokens, Some(4), "split every {step}");
+            }
+        }
+        // Digits that keep coming are read whole, blanks before them too.
+        assert_eq!(
+            scan(&[b"\"prompt_tokens\": 1", b"2", b"3}"]).prompt_tokens,
+            Some(123)
+        );
+        assert_eq!(
+            scan(&[b"\"prompt_tokens\":18446744073709551615}"]).prompt_tokens,
+            Some(u64::MAX)
+        );
     }
 
     #[test]
