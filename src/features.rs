@@ -84,6 +84,18 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, BodyE
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body.freeze()),
+            // A body that breaks HTTP's framing (a chunk size that is not hex, a bad
+            // trailer) is the client's mistake and gets its 400; anything else (the
+            // connection closed, the body cut short) means the client is gone.
+            Err(e) if matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd") => {
+                return Err(BodyError::Refused(ApiError::bad_request(format!(
+                    "The request body is not valid HTTP chunked encoding: {}",
+                    e.context.as_ref().map_or_else(
+                        || e.etype().as_str().to_string(),
+                        |c| c.as_str().to_string()
+                    )
+                ))));
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "reading the request body failed");
                 return Err(BodyError::ClientGone);

@@ -64,7 +64,12 @@ pub async fn forward(
 
     let body = match features::read_body(session, settings.max_body_bytes).await {
         Ok(body) => body,
-        Err(BodyError::Refused(error)) => return reject(session, ctx, &error).await,
+        Err(BodyError::Refused(error)) => {
+            // The rest of the body was not read (too large, or broken framing): the
+            // connection cannot carry another request.
+            session.set_keepalive(None);
+            return reject(session, ctx, &error).await;
+        }
         Err(BodyError::ClientGone) => {
             ctx.outcome = Outcome::ClientGone;
             return;
