@@ -5,6 +5,7 @@ run; the Kubernetes manifests and the Helm chart's output validated against Kube
 schemas (kubernetes-validate, strict), the chart linted (helm) and its default output equal to
 the plain manifests."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -40,18 +41,12 @@ def free_port():
 
 
 def dockerfile_instructions():
-    """(instruction, argument) pairs, continuation lines joined, comments dropped."""
-    lines, current = [], ""
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.strip().startswith("#") and not current:
-            continue
-        current += line.rstrip("\\").strip() + " "
-        if not line.endswith("\\"):
-            if current.strip():
-                word, _, rest = current.strip().partition(" ")
-                lines.append((word.upper(), rest.strip()))
-            current = ""
-    return lines
+    """(instruction, argument) pairs of the Dockerfile, read as scripts/dockerfile_stages.py
+    reads them."""
+    spec = importlib.util.spec_from_file_location("dockerfile_stages", ROOT / "scripts" / "dockerfile_stages.py")
+    stages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stages)
+    return stages.instructions((ROOT / "Dockerfile").read_text())
 
 
 def exec_form(argument):
