@@ -51,17 +51,18 @@ impl Discovery {
     }
 
     /// Looks up every `dns_discovery` entry once, concurrently, and applies what changed.
-    pub async fn refresh(&self) {
+    /// Returns the entries it looked up.
+    pub async fn refresh(&self) -> Vec<(String, String)> {
         let entries = self.cluster.discovery_entries();
         if entries.is_empty() {
-            return;
+            return entries;
         }
         let settings = self.cluster.snapshot().settings.clone();
         let resolver = match resolver(settings.dns_server, settings.health_check_timeout) {
             Ok(resolver) => resolver,
             Err(why) => {
                 tracing::warn!(%why, "dns discovery: no resolver");
-                return;
+                return entries;
             }
         };
         let timeout = settings.health_check_timeout;
@@ -85,6 +86,7 @@ impl Discovery {
                 tracing::info!(server = %url, %host, addresses = count, "dns discovery: {summary}");
             }
         }
+        entries
     }
 }
 
@@ -93,9 +95,13 @@ impl BackgroundService for Discovery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut reloads = self.cluster.reloads();
         loop {
-            self.refresh().await;
-            // What refresh() itself changed is no reason to look again.
+            let looked_up = self.refresh().await;
+            // What refresh() itself changed is no reason to look again; a reload during it
+            // that changed the entries is.
             reloads.borrow_and_update();
+            if self.cluster.discovery_entries() != looked_up {
+                continue;
+            }
             let every = self.cluster.snapshot().settings.dns_refresh_interval;
             tokio::select! {
                 _ = shutdown.changed() => return,
