@@ -54,6 +54,7 @@ fn fields(r: &RequestContext, out: &mut impl Line) {
     out.text("request_id", Some(r.id.as_str()));
     out.text("method", Some(r.method.as_str()));
     out.text("path", Some(&r.path));
+    out.text("client", r.client.as_deref());
     out.text("model", r.features.model.as_deref());
     out.list("servers", r.attempts.iter().map(|a| &*a.server().url));
     out.list(
@@ -211,7 +212,7 @@ mod tests {
     fn text_lines_are_one_line_of_tokens() {
         let text = line(&request("llama"), LogFormat::Text);
         assert!(text.ends_with(" completion_tokens=3\n"), "{text}");
-        assert!(text.contains(" request_id=log-1 method=POST path=/v1/chat/completions model=llama servers=- attempts=- status=200 outcome=unfinished ttft_ms=- total_ms="), "{text}");
+        assert!(text.contains(" request_id=log-1 method=POST path=/v1/chat/completions client=- model=llama servers=- attempts=- status=200 outcome=unfinished ttft_ms=- total_ms="), "{text}");
         assert!(!text.contains("secret"), "no query: {text}");
 
         let forged = line(

@@ -140,13 +140,14 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
 }
 
 /// `GET /v1/models`: every model a healthy server lists, once, with the card as the first
-/// server listing it wrote it (vLLM's fields — root, parent, max_model_len — kept).
-pub fn models(snapshot: &Snapshot) -> Value {
+/// server listing it wrote it (vLLM's fields — root, parent, max_model_len — kept); only
+/// those `allowed` (a client key's models).
+pub fn models(snapshot: &Snapshot, allowed: impl Fn(&str) -> bool) -> Value {
     let mut seen = HashSet::new();
     let mut data = Vec::new();
     for backend in snapshot.backends.iter().filter(|b| b.state.is_healthy()) {
         for model in backend.state.models.load().iter() {
-            if seen.insert(model.id.clone()) {
+            if allowed(&model.id) && seen.insert(model.id.clone()) {
                 data.push(model.card.clone());
             }
         }
@@ -261,14 +262,21 @@ mod tests {
     fn models_are_the_union_of_healthy_servers_without_duplicates() {
         let a = healthy("http://a", 4, &["llama", "shared"], 0.0);
         let b = healthy("http://b", 4, &["qwen", "shared"], 0.0);
-        let list = models(&Cluster::of(vec![a, b]).snapshot());
-        let ids: Vec<&str> = list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["llama", "shared", "qwen"]);
+        let snapshot = Cluster::of(vec![a, b]).snapshot();
+        let ids = |list: Value| -> Vec<String> {
+            list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            ids(models(&snapshot, |_| true)),
+            ["llama", "shared", "qwen"]
+        );
+        // A client key limited to some models sees only those.
+        assert_eq!(ids(models(&snapshot, |m| m == "qwen")), ["qwen"]);
     }
 
     #[test]

@@ -33,15 +33,19 @@ pub struct Backend {
     pub state: Arc<ServerState>,
     /// The headers its requests always carry (host, its key), made once.
     pub headers: ServerHeaders,
+    /// For an `https://` server: what its connections need (SNI, trust, client certificate).
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 impl Backend {
     pub fn new(cfg: ServerConfig, state: Arc<ServerState>) -> Backend {
         let headers = ServerHeaders::new(&cfg);
+        let tls = cfg.tls.as_ref().map(crate::tls::BackendTls::new);
         Backend {
             cfg,
             state,
             headers,
+            tls,
         }
     }
 

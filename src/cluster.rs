@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::backend::{Backend, ServerState};
-use crate::config::{Config, Routing, ServerConfig, Settings};
+use crate::config::{Config, Limits, Routing, ServerConfig, Settings};
 use crate::policy::{self, Policies};
 use crate::retry::RetryBudget;
 use crate::stats::Stats;
@@ -31,6 +32,10 @@ pub struct Snapshot {
     pub settings: Settings,
     pub routing: Routing,
     pub policy: Policies,
+    /// What client connections may take (`[limits]`).
+    pub limits: Limits,
+    /// Client keys and the admin key (`[auth]`).
+    pub access: Arc<Access>,
 }
 
 /// The config as written, and the addresses DNS discovery found for its `dns_discovery`
@@ -95,6 +100,11 @@ impl Cluster {
         &self.stats
     }
 
+    /// The files the running config names (keys, certificates), for the watcher.
+    pub fn config_files(&self) -> Vec<std::path::PathBuf> {
+        self.lock_written().config.files.clone()
+    }
+
     /// Completes its `changed()` at every reload.
     pub fn reloads(&self) -> watch::Receiver<u64> {
         self.reloads.subscribe()
@@ -117,6 +127,8 @@ impl Cluster {
         let policy = next.policy.describe();
         let restart = if next.settings.admin_address != old.settings.admin_address {
             "; admin_address changes at the next start"
+        } else if next_written.config.tls != written.config.tls {
+            "; [tls] changes at the next start (a certificate renewed in its files is taken at once)"
         } else if next.settings.otlp_endpoint != old.settings.otlp_endpoint {
             "; otlp_endpoint changes at the next start"
         } else {
@@ -189,6 +201,8 @@ impl Cluster {
                 settings: Settings::default(),
                 policy: policy::build(&routing, None).expect("the default policy builds"),
                 routing,
+                limits: Limits::default(),
+                access: Arc::default(),
             }),
             stats: Arc::new(Stats::new()),
             reloads: watch::Sender::new(0),
@@ -237,7 +251,11 @@ fn servers(written: &Written) -> Vec<ServerConfig> {
                 .into_iter()
                 .flatten()
                 .map(|ip| ServerConfig {
-                    url: format!("http://{}", SocketAddr::new(*ip, entry.port)),
+                    url: format!(
+                        "{}://{}",
+                        if entry.tls.is_some() { "https" } else { "http" },
+                        SocketAddr::new(*ip, entry.port)
+                    ),
                     host: ip.to_string(),
                     dns_discovery: false,
                     discovered_from: Some(entry.url.clone()),
@@ -267,6 +285,7 @@ fn build(
 ) -> Result<Snapshot, String> {
     let config = &written.config;
     let policy = policy::build(&config.routing, previous.map(|p| &p.policy))?;
+    let previous_access = previous.map(|p| &*p.access);
     let previous = previous.map_or(&[][..], |p| &p.backends[..]);
     let backends = servers(written)
         .into_iter()
@@ -275,14 +294,21 @@ fn build(
                 Some(b) => Arc::clone(&b.state),
                 None => Arc::new(ServerState::new(&cfg.url, stats.server(&cfg.url))),
             };
-            Backend::new(cfg, state)
+            let mut backend = Backend::new(cfg, state);
+            if config.auth.forward_client_authorization {
+                backend.headers.forward_client_authorization();
+            }
+            backend
         })
         .collect();
+    let access = Access::build(config, previous_access, stats);
     Ok(Snapshot {
         backends,
         settings: config.settings.clone(),
         routing: config.routing.clone(),
         policy,
+        limits: config.limits.clone(),
+        access: Arc::new(access),
     })
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use pingora::http::{Method, RequestHeader};
 use smallvec::SmallVec;
 
+use crate::access::Pass;
 use crate::backend::{Backend, InFlight, ServerState};
 use crate::decisions::Candidate;
 use crate::features::RequestFeatures;
@@ -191,6 +192,10 @@ pub struct RequestContext {
     pub next_candidates: Vec<Candidate>,
     /// Its spans, when traces are on (traces.rs).
     pub trace: Option<Box<RequestTrace>>,
+    /// The name of the client key it came with (`[auth] keys`).
+    pub client: Option<Arc<str>>,
+    /// The client key it came with, holding that key's concurrency slot (access.rs).
+    pub pass: Option<Pass>,
     finish: Arc<dyn Finish>,
 }
 
@@ -218,6 +223,8 @@ impl RequestContext {
             explain: false,
             next_candidates: Vec::new(),
             trace: None,
+            client: None,
+            pass: None,
             finish,
         }
     }

@@ -19,13 +19,18 @@ use pingora::http::Method;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
+use crate::access::Refused;
 use crate::access_log::AccessLog;
 use crate::api;
 use crate::backend::ServerView;
 use crate::cluster::Cluster;
-use crate::context::{Finish, LocalRoute, RequestContext};
+use crate::cluster::Snapshot;
+use crate::config::Limits;
+use crate::context::{Finish, LocalRoute, Outcome, RequestContext};
 use crate::decisions::DecisionLog;
+use crate::features;
 use crate::forward;
+use crate::front_door::{HeaderArrived, KeptAlive};
 use crate::openai::ApiError;
 use crate::respond;
 use crate::traces::Traces;
@@ -77,6 +82,11 @@ impl Finish for Recorder {
 
     fn finished(&self, request: &RequestContext) {
         self.cluster.stats().record(request);
+        if let Some(pass) = &request.pass {
+            let usage = &request.usage;
+            let tokens = usage.prompt_tokens.unwrap_or(0) + usage.completion_tokens.unwrap_or(0);
+            pass.used_tokens(tokens, std::time::Instant::now());
+        }
         crate::speed::learn(request);
         if let Some(log) = &self.access_log {
             log.write(request);
@@ -135,26 +145,50 @@ impl Router {
         ctx.begin(session.req_header(), client);
         let header = session.req_header();
         let snapshot = self.cluster.snapshot();
+        if let Some(error) = oversized_header(session.req_header(), &snapshot.limits) {
+            return answer_unread(session, ctx, &snapshot, &error, None).await;
+        }
         // With an admin listener, the operator's endpoints are there and only there.
         let admin = self.on_admin_listener(session);
         let operator = self.admin.is_none() || admin;
+        // `None`: forwarded to a server.
         let route = match (&header.method, header.uri.path()) {
-            (&Method::GET, "/health") => LocalRoute::Health,
-            (&Method::GET, "/load-stats") if operator => LocalRoute::LoadStats,
-            (&Method::GET, "/metrics") if operator => LocalRoute::Metrics,
-            _ if admin => LocalRoute::NotFound,
-            (&Method::GET, "/v1/models") => LocalRoute::Models,
-            (&Method::GET, p) if p.starts_with("/v1/models/") => LocalRoute::Model,
-            (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => {
-                if let Some(traces) = &self.traces {
-                    ctx.trace = Some(Box::new(traces.begin(ctx, &header.headers)));
-                }
-                return forward::forward(session, ctx, &self.cluster, &snapshot, &self.connector)
-                    .await;
+            (&Method::GET, "/health") => Some(LocalRoute::Health),
+            (&Method::GET, "/load-stats") if operator => Some(LocalRoute::LoadStats),
+            (&Method::GET, "/metrics") if operator => Some(LocalRoute::Metrics),
+            _ if admin => Some(LocalRoute::NotFound),
+            (&Method::GET, "/v1/models") => Some(LocalRoute::Models),
+            (&Method::GET, p) if p.starts_with("/v1/models/") => Some(LocalRoute::Model),
+            (_, p) if p.starts_with("/v1/") || p == "/tokenize" || p == "/detokenize" => None,
+            _ => Some(LocalRoute::NotFound),
+        };
+        let Some(route) = route else {
+            if let Err(refused) = self.admit(session, ctx, &snapshot) {
+                return self.refuse(session, ctx, &snapshot, refused).await;
             }
-            _ => LocalRoute::NotFound,
+            if let Some(traces) = &self.traces {
+                let headers = &session.req_header().headers;
+                ctx.trace = Some(Box::new(traces.begin(ctx, headers)));
+            }
+            return forward::forward(session, ctx, &self.cluster, &snapshot, &self.connector).await;
         };
         ctx.local = Some(route);
+        // The operator's endpoints may need the admin key; the model list, a client key
+        // (and it lists only the models that key may use).
+        let access = &snapshot.access;
+        let client = match route {
+            LocalRoute::LoadStats | LocalRoute::Metrics => {
+                access.admin_allows(session.req_header()).map(|()| None)
+            }
+            LocalRoute::Models | LocalRoute::Model => access.identify(session.req_header()),
+            _ => Ok(None),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(refused) => return self.refuse(session, ctx, &snapshot, refused).await,
+        };
+        ctx.client = client.as_ref().map(|c| Arc::clone(&c.name));
+        let allowed = |id: &str| client.as_ref().is_none_or(|c| c.allows_model(Some(id)));
         let written = match route {
             LocalRoute::Health => {
                 let error = self.cluster.config_error();
@@ -164,10 +198,12 @@ impl Router {
             LocalRoute::LoadStats => {
                 respond::json(session, ctx, 200, &api::load_stats(&snapshot)).await
             }
-            LocalRoute::Models => respond::json(session, ctx, 200, &api::models(&snapshot)).await,
+            LocalRoute::Models => {
+                respond::json(session, ctx, 200, &api::models(&snapshot, allowed)).await
+            }
             LocalRoute::Model => {
                 let id = api::model_id(&ctx.path);
-                match api::model(&snapshot, &id) {
+                match api::model(&snapshot, &id).filter(|_| allowed(&id)) {
                     Some(card) => respond::json(session, ctx, 200, &card).await,
                     None => {
                         let error =
@@ -201,6 +237,103 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Admits an inference request: its client key, if the router checks keys, and that
+    /// key's limits. The key's [`Pass`](crate::access::Pass) goes into the context; the
+    /// client's `Authorization` (a key for the router, not the servers) is dropped.
+    fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        snapshot: &Snapshot,
+    ) -> std::result::Result<(), Refused> {
+        let access = &snapshot.access;
+        let Some(client) = access.identify(session.req_header())? else {
+            return Ok(());
+        };
+        if access.strips_authorization() {
+            session
+                .req_header_mut()
+                .remove_header(&http::header::AUTHORIZATION);
+        }
+        ctx.client = Some(Arc::clone(&client.name));
+        ctx.pass = Some(client.admit(std::time::Instant::now())?);
+        Ok(())
+    }
+
+    /// Refuses a request before routing it (a wrong key, a limit).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        snapshot: &Snapshot,
+        refused: Refused,
+    ) {
+        let client = refused.client.as_ref().map(|c| &c.state.stats);
+        self.cluster.stats().refused(client, refused.why);
+        let retry_after = refused.retry_after.map(|s| s.to_string());
+        answer_unread(session, ctx, snapshot, &refused.error, retry_after).await;
+    }
+}
+
+/// Answers a request with an error before its body was read: the body is read and dropped
+/// first, so that the client gets the answer rather than a reset from a socket closed with its
+/// body unread, and the connection stays usable.
+async fn answer_unread(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    snapshot: &Snapshot,
+    error: &ApiError,
+    retry_after: Option<String>,
+) {
+    ctx.outcome = Outcome::Rejected;
+    let limit = (
+        snapshot.settings.max_body_bytes,
+        snapshot.limits.body_timeout,
+    );
+    if features::read_body(session, limit.0, limit.1)
+        .await
+        .is_err()
+    {
+        session.set_keepalive(None);
+    }
+    let extra: Vec<(&str, String)> = retry_after
+        .map(|s| ("retry-after", s))
+        .into_iter()
+        .collect();
+    if let Err(e) = respond::error(session, ctx, error, &extra).await {
+        tracing::debug!(error = %e, "could not answer the client");
+    }
+}
+
+/// 431 for a request header over `[limits]`' size or field count.
+fn oversized_header(header: &pingora::http::RequestHeader, limits: &Limits) -> Option<ApiError> {
+    let fields = header.headers.len();
+    let target = header.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let bytes = header.method.as_str().len()
+        + target
+        + 12
+        + header
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let why = if fields > limits.max_headers as usize {
+        format!(
+            "The request has {fields} header fields; the router takes at most {} (max_headers).",
+            limits.max_headers
+        )
+    } else if bytes > limits.max_header_bytes as usize {
+        format!(
+            "The request header is about {bytes} bytes; the router takes at most {} (max_header_bytes).",
+            limits.max_header_bytes
+        )
+    } else {
+        return None;
+    };
+    Some(ApiError::new(431, "RequestHeaderFieldsTooLargeError", why))
+}
+
 #[async_trait]
 impl ProxyHttp for Router {
     type CTX = RequestContext;
@@ -218,6 +351,26 @@ impl ProxyHttp for Router {
     ) -> Result<bool> {
         self.handle(session, ctx).await;
         Ok(true)
+    }
+
+    /// The header of a request has been read (front_door.rs waits for this).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestContext,
+        previous: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Some(arrived) = previous.downcast_ref::<HeaderArrived>() {
+            arrived.fire();
+        }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &RequestContext,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(KeptAlive))
     }
 
     async fn upstream_peer(

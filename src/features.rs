@@ -56,8 +56,27 @@ pub enum BodyError {
     ClientGone,
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, BodyError> {
+/// Reads the whole request body, refusing more than `limit` bytes or a body that takes longer
+/// than `timeout` to arrive (a client trickling it in holds a connection and a buffer).
+pub async fn read_body(
+    session: &mut Session,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, read_body_within(session, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(BodyError::Refused(ApiError::new(
+            408,
+            "RequestTimeoutError",
+            format!(
+                "The request body did not arrive within {} s (body_timeout).",
+                timeout.as_secs_f64()
+            ),
+        ))),
+    }
+}
+
+async fn read_body_within(session: &mut Session, limit: u64) -> Result<Bytes, BodyError> {
     let too_large = || {
         BodyError::Refused(ApiError::new(
             413,

@@ -25,6 +25,7 @@ use crate::policy::{self, NoBackend};
 use crate::respond;
 use crate::resume::{self, Transcript};
 use crate::retry::{self, AttemptResult, Decision, Facts};
+use crate::stats::Refusal;
 use crate::upstream::{self, Answer, NoAnswer};
 
 /// A failed attempt, kept to answer the client if every attempt fails.
@@ -62,7 +63,8 @@ pub async fn forward(
     let settings = &snapshot.settings;
     let deadline = tokio::time::Instant::from_std(ctx.received) + settings.request_timeout;
 
-    let body = match features::read_body(session, settings.max_body_bytes).await {
+    let limit = (settings.max_body_bytes, snapshot.limits.body_timeout);
+    let body = match features::read_body(session, limit.0, limit.1).await {
         Ok(body) => body,
         Err(BodyError::Refused(error)) => {
             // The rest of the body was not read (too large, or broken framing): the
@@ -81,6 +83,16 @@ pub async fn forward(
         Ok(features) => features,
         Err(error) => return reject(session, ctx, &error).await,
     };
+    if let Some(pass) = &ctx.pass {
+        let model = ctx.features.model.as_deref();
+        if !pass.client.allows_model(model) {
+            cluster
+                .stats()
+                .refused(Some(&pass.client.state.stats), Refusal::Model);
+            let error = unknown_model(model.unwrap_or_default(), pass.client.models());
+            return reject(session, ctx, &error).await;
+        }
+    }
 
     let budget = cluster.retry_budget();
     budget.request();
@@ -101,7 +113,11 @@ pub async fn forward(
         };
         let backend = match chosen {
             Ok(backend) => backend,
-            Err(NoBackend::UnknownModel(known)) if ctx.attempts.is_empty() => {
+            Err(NoBackend::UnknownModel(mut known)) if ctx.attempts.is_empty() => {
+                // A key limited to some models is told only of those.
+                if let Some(pass) = &ctx.pass {
+                    known.retain(|m| pass.client.allows_model(Some(m)));
+                }
                 let model = ctx.features.model.as_deref().unwrap_or_default();
                 return reject(session, ctx, &unknown_model(model, &known)).await;
             }

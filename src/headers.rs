@@ -61,7 +61,10 @@ pub struct ServerHeaders {
 
 impl ServerHeaders {
     pub fn new(server: &ServerConfig) -> ServerHeaders {
-        let authority = server.url.trim_start_matches("http://");
+        let authority = server
+            .url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
         ServerHeaders {
             // Config validation allows only header-safe URLs and keys; a value that still
             // failed would be left out rather than take the router down.
@@ -73,6 +76,13 @@ impl ServerHeaders {
                 .as_ref()
                 .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok()),
         }
+    }
+
+    /// `[auth] forward_client_authorization`: the client's `Authorization` goes to the server
+    /// as it came (vLLM checks its own keys); the server's `api_key` is then only for the
+    /// router's own reads of its `/metrics` and `/v1/models`.
+    pub fn forward_client_authorization(&mut self) {
+        self.authorization = None;
     }
 }
 

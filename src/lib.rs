@@ -1,8 +1,12 @@
 //! mvllm: one OpenAI-compatible endpoint in front of many vLLM servers.
 //!
 //! Layout. The request path, top to bottom (calls go down, never back up):
+//! - `front_door`: client connections before a request is seen — `max_connections`, the
+//!   deadline on a whole request header, the idle keep-alive timeout.
 //! - `entry`: the Pingora `ProxyHttp` entry point; makes each request's context, answers the
 //!   router's own endpoints, hands the rest to `forward`.
+//! - `access`: **who may use the router** — client keys, their models and limits, the admin
+//!   key.
 //! - `forward`: one request to a server — choose, try, retry elsewhere while the client has
 //!   seen nothing.
 //! - `features`: the body, read once and bounded, and what routing reads of it (model, stream,
@@ -13,6 +17,8 @@
 //! - `upstream`: the exchange with one server over Pingora's pool: send, await the header,
 //!   stream the body back.
 //! - `headers`: the request as it goes to a server and the response as it comes back.
+//! - `tls`: TLS to `https://` servers (trust, client certificates) and for clients (the
+//!   listener, its certificate reloaded).
 //! - `respond`: the router's own answers (JSON, OpenAI-shaped errors).
 //! - `context`: one request's context (id, features, timings, attempts, outcome); its drop
 //!   ends the request's in-flight counts and records it.
@@ -37,6 +43,7 @@
 //! `daemon` (`--daemon`), `logging` (stderr, text or JSON), `openai` (error bodies), `demo`
 //! (`mvllm demo`), `probe` (`mvllm probe`), `sim/` (`mvllm sim`, a simulated vLLM server).
 
+pub mod access;
 pub mod access_log;
 pub mod api;
 pub mod backend;
@@ -52,6 +59,7 @@ pub mod ejection;
 pub mod entry;
 pub mod features;
 pub mod forward;
+pub mod front_door;
 pub mod headers;
 pub mod healthcheck;
 pub mod logging;
@@ -69,6 +77,7 @@ pub mod scrape;
 pub mod sim;
 pub mod speed;
 pub mod stats;
+pub mod tls;
 pub mod traces;
 pub mod upstream;
 pub mod usage;

@@ -47,8 +47,8 @@ impl Poller {
     pub async fn warm_up(&self) {
         let snapshot = self.cluster.snapshot();
         let settings = &snapshot.settings;
-        let scraper = Scraper::new(settings.health_check_timeout);
         join_all(snapshot.backends.iter().map(|b| async {
+            let scraper = scraper_for(b, settings.health_check_timeout);
             resolve(b, settings).await;
             refresh_models(b, &scraper).await;
             scrape(b, &scraper, settings).await;
@@ -107,8 +107,9 @@ fn key(state: &Arc<ServerState>) -> usize {
 async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at: Option<Instant>) {
     let mut reloads = cluster.reloads();
     let (mut last_metrics, mut last_models, mut last_dns) = (checked_at, checked_at, checked_at);
-    let mut timeout = cluster.snapshot().settings.health_check_timeout;
-    let mut scraper = Scraper::new(timeout);
+    // The scraper follows the server's settings: rebuilt when its timeout or TLS changes.
+    let mut made_for = None;
+    let mut scraper = Scraper::new(Duration::from_secs(5));
     loop {
         let snapshot = cluster.snapshot();
         let Some(backend) = snapshot
@@ -119,9 +120,10 @@ async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at
             return; // removed from the config
         };
         let settings = &snapshot.settings;
-        if timeout != settings.health_check_timeout {
-            timeout = settings.health_check_timeout;
-            scraper = Scraper::new(timeout);
+        let wanted = (settings.health_check_timeout, backend.cfg.tls.clone());
+        if made_for.as_ref() != Some(&wanted) {
+            scraper = scraper_for(backend, wanted.0);
+            made_for = Some(wanted);
         }
         let due = |last: Option<Instant>, every: Duration| {
             last.is_none_or(|t| t + every <= Instant::now())
@@ -160,6 +162,36 @@ async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at
     }
 }
 
+/// The scraper for one server. A server found by DNS discovery over `https://` is reached at
+/// its address under its entry's host name (which its certificate names).
+fn scraper_for(b: &Backend, timeout: Duration) -> Scraper {
+    let pinned = match (&b.cfg.tls, &b.cfg.discovered_from) {
+        (Some(_), Some(_)) => b
+            .cfg
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, b.cfg.port)),
+        _ => None,
+    };
+    match Scraper::for_server(timeout, b.cfg.tls.as_ref(), pinned) {
+        Ok(scraper) => scraper,
+        Err(why) => {
+            tracing::error!(server = %b.cfg.url, %why, "cannot set up the server's TLS for scraping");
+            Scraper::new(timeout)
+        }
+    }
+}
+
+/// Where the server's own endpoints are read: its URL, or for a server found by DNS discovery
+/// over `https://`, its entry's host name (pinned to its address by the scraper).
+fn scrape_base(b: &Backend) -> std::borrow::Cow<'_, str> {
+    match (&b.cfg.tls, &b.cfg.discovered_from) {
+        (Some(tls), Some(_)) => format!("https://{}:{}", tls.server_name, b.cfg.port).into(),
+        _ => b.cfg.url.as_str().into(),
+    }
+}
+
 async fn scrape(b: &Backend, scraper: &Scraper, settings: &Settings) {
     let (read, took) = timed(read_load(b, scraper)).await;
     b.state.stats.scraped(Scrape::Metrics, took, read.is_ok());
@@ -173,7 +205,7 @@ async fn scrape(b: &Backend, scraper: &Scraper, settings: &Settings) {
 /// `/metrics` (SGLang serves them only with `--enable-metrics`) is checked on its `/health`
 /// instead, and its load is the router's own count of requests in flight to it.
 async fn read_load(b: &Backend, scraper: &Scraper) -> Result<LoadSample, String> {
-    let (url, key) = (&b.cfg.url, b.cfg.api_key.as_deref());
+    let (url, key) = (&*scrape_base(b), b.cfg.api_key.as_deref());
     match scraper.load(url, key).await {
         Err(ScrapeError::Status(404)) if b.cfg.engine == Engine::Sglang => {
             match scraper.health(url, key).await {
@@ -241,7 +273,7 @@ async fn refresh_models(b: &Backend, scraper: &Scraper) {
 /// The models from `/v1/models`; an SGLang server without it names its one model in
 /// `/get_model_info`.
 async fn read_models(b: &Backend, scraper: &Scraper) -> Result<Vec<ModelCard>, String> {
-    let (url, key) = (&b.cfg.url, b.cfg.api_key.as_deref());
+    let (url, key) = (&*scrape_base(b), b.cfg.api_key.as_deref());
     match scraper.models(url, key).await {
         Err(e) if is_sglang(b) => scraper
             .sglang_model_info(url, key)

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::config::{
+    load_cert_and_key, load_certificates as certificates, parse_server_url, ServerTls,
+};
 use crate::scrape::{timed, Flavor, Scraper};
 
 #[derive(Debug, Clone, Args)]
@@ -18,13 +21,44 @@ pub struct ProbeArgs {
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    /// For an https:// server: the CA certificates (PEM) to trust instead of the system's.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For an https:// server that wants a client certificate: the certificate chain (PEM).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS settings the flags give, read and checked like servers.toml's.
+fn tls_of(args: &ProbeArgs) -> Result<Option<ServerTls>, String> {
+    let url = parse_server_url(args.url.trim_end_matches('/'))?;
+    if !url.tls {
+        return Ok(None);
+    }
+    let ca = args.ca_file.as_deref().map(certificates).transpose()?;
+    let client = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some(load_cert_and_key(cert, key)?),
+        _ => None,
+    };
+    Ok(Some(ServerTls {
+        server_name: url.host,
+        ca,
+        client,
+    }))
 }
 
 /// Probes the server; returns the report and whether the router would route to it.
 pub async fn probe(args: &ProbeArgs) -> (String, bool) {
     let base = args.url.trim_end_matches('/');
     let timeout = Duration::from_secs_f64(args.timeout.clamp(0.01, 3600.0));
-    let scraper = Scraper::new(timeout);
+    let scraper =
+        match tls_of(args).and_then(|tls| Scraper::for_server(timeout, tls.as_ref(), None)) {
+            Ok(scraper) => scraper,
+            Err(why) => return (format!("{base}\n  error       {why}\n"), false),
+        };
     let key = args.api_key.as_deref();
     let ((load, load_time), (models, models_time)) = tokio::join!(
         timed(scraper.load(base, key)),

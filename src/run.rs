@@ -22,13 +22,14 @@ use async_trait::async_trait;
 use clap::Args;
 use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
-use pingora::prelude::{http_proxy_service, Opt};
+use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{
     RunArgs as PingoraRunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
     UnixShutdownSignalWatch,
 };
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::access_log::AccessLog;
 use crate::cluster::Cluster;
@@ -36,10 +37,12 @@ use crate::config::Config;
 use crate::decisions;
 use crate::discovery::Discovery;
 use crate::entry::{Recorder, Router};
+use crate::front_door::ConnectionGate;
 use crate::logging::{self, LogFormat, LogPane, LogTarget};
 use crate::monitor::{Monitor, Quit, Sources};
 use crate::poller::Poller;
 use crate::stats::Stats;
+use crate::tls::ClientListener;
 use crate::traces::Traces;
 use crate::watcher::ConfigWatcher;
 
@@ -165,6 +168,16 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
             path.display()
         );
     }
+    let tls_listener = ClientListener::from_config(&config.tls, &path)?;
+    if let Some(listener) = &tls_listener {
+        if listener.address.port() == port {
+            anyhow::bail!(
+                "error: {}: tls.listen {} uses the router's own port {port}; give it another",
+                path.display(),
+                listener.address
+            );
+        }
+    }
     let cluster = Arc::new(
         Cluster::new(config, Arc::new(Stats::new())).map_err(|e| anyhow::anyhow!("error: {e}"))?,
     );
@@ -210,12 +223,20 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         admin,
         traces.clone(),
     );
-    let mut proxy = http_proxy_service(&server.configuration, router);
-    proxy.add_tcp(&address);
+    let proxy = pingora::proxy::http_proxy(&server.configuration, router);
+    let gate = ConnectionGate::new(proxy, Arc::clone(&cluster));
+    let mut service = Service::new("mvllm".to_string(), gate);
+    service.add_tcp(&address);
     if let Some(admin) = admin {
-        proxy.add_tcp(&admin.to_string());
+        service.add_tcp(&admin.to_string());
     }
-    server.add_service(proxy);
+    let mut https = None;
+    if let Some(listener) = tls_listener {
+        service.add_tls_with_settings(&listener.address.to_string(), None, listener.settings);
+        server.add_service(background_service("tls certificate", listener.reloader));
+        https = Some(listener.address);
+    }
+    server.add_service(service);
     server.add_service(background_service(
         "dns discovery",
         Discovery::new(Arc::clone(&cluster)),
@@ -237,6 +258,9 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
 
     if !daemon {
         println!("{ready_line}");
+        if let Some(https) = https {
+            println!("mvllm: serving https on {https}");
+        }
     }
     let quit = Arc::new(Quit::default());
     let monitor = match recent_decisions {

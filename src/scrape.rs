@@ -356,16 +356,28 @@ pub struct Scraper {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 impl Scraper {
+    /// A scraper for plain `http://` servers, or `https://` ones the system's roots trust.
     pub fn new(timeout: Duration) -> Scraper {
-        let client = reqwest::Client::builder()
+        Scraper::for_server(timeout, None, None).unwrap_or_else(|_| Scraper {
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// A scraper for one server, with its TLS trust and client certificate; `resolve` pins
+    /// its TLS name to an address (see `tls::scrape_client`).
+    pub fn for_server(
+        timeout: Duration,
+        tls: Option<&crate::config::ServerTls>,
+        resolve: Option<std::net::SocketAddr>,
+    ) -> Result<Scraper, String> {
+        let builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
-            .no_proxy()
-            .build()
-            .expect("a plain-HTTP client with no TLS always builds");
-        Scraper { client }
+            .no_proxy();
+        let client = crate::tls::scrape_client(builder, tls, resolve)?;
+        Ok(Scraper { client })
     }
 
     async fn get(&self, url: &str, api_key: Option<&str>) -> Result<bytes::Bytes, ScrapeError> {

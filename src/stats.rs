@@ -96,6 +96,79 @@ pub struct Stats {
     retries_denied: IntCounter,
     /// Streams completed on another server after theirs broke off.
     streams_resumed: IntCounter,
+    /// Per client key (`[auth] keys`): requests, tokens, refusals.
+    clients: ClientFamilies,
+    /// Requests refused for a missing or wrong key.
+    unauthorized: IntCounter,
+}
+
+/// Why the router refused a client's request before routing it (`reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No key, or a wrong one (401).
+    Unauthorized,
+    /// A model its key may not use (404).
+    Model,
+    /// Its key's `max_concurrent_requests` (429).
+    Concurrency,
+    /// Its key's `requests_per_minute` (429).
+    RateLimit,
+    /// Its key's `tokens_per_minute` (429).
+    TokenBudget,
+}
+
+impl Refusal {
+    /// The refusals of a known key, in `ClientStats::refused` order.
+    const OF_A_KEY: [Refusal; 4] = [
+        Refusal::Model,
+        Refusal::Concurrency,
+        Refusal::RateLimit,
+        Refusal::TokenBudget,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Model => "model",
+            Refusal::Concurrency => "concurrency",
+            Refusal::RateLimit => "rate_limit",
+            Refusal::TokenBudget => "token_budget",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ClientFamilies {
+    requests: IntCounterVec,
+    tokens: IntCounterVec,
+    refused: IntCounterVec,
+}
+
+/// One client key's handles, made when the key is first configured and kept across reloads.
+pub struct ClientStats {
+    /// Per `Outcome`.
+    requests: Vec<IntCounter>,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
+    /// Per `Refusal::OF_A_KEY`.
+    refused: Vec<IntCounter>,
+}
+
+impl ClientStats {
+    /// Requests of this key so far, whatever their outcome.
+    pub fn requests(&self) -> u64 {
+        self.requests.iter().map(IntCounter::get).sum()
+    }
+
+    /// Requests refused by this key's limits or models so far.
+    pub fn refusals(&self) -> u64 {
+        self.refused.iter().map(IntCounter::get).sum()
+    }
+
+    /// Prompt and completion tokens so far.
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens.get() + self.completion_tokens.get()
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -199,9 +272,23 @@ impl Stats {
             &[],
         )
         .with_label_values::<&str>(&[]);
+        let clients = ClientFamilies {
+            requests: counter(&r, "mvllm_client_requests_total", "Requests of each client key (by its name, never the key), by outcome.", &["client", "outcome"]),
+            tokens: counter(&r, "mvllm_client_tokens_total", "Tokens of each client key's answers, as they reported them, by kind (prompt, completion).", &["client", "kind"]),
+            refused: counter(&r, "mvllm_client_refused_total", "Requests of each client key refused before routing, by reason (model, concurrency, rate_limit, token_budget).", &["client", "reason"]),
+        };
+        let unauthorized = counter(
+            &r,
+            "mvllm_unauthorized_requests_total",
+            "Requests refused with 401: no client key, or a wrong one (also on the admin endpoints).",
+            &[],
+        )
+        .with_label_values::<&str>(&[]);
         Stats {
             registry: r,
             families,
+            clients,
+            unauthorized,
             unrouted,
             local,
             reloads_ok: reloads.with_label_values(&["ok"]),
@@ -214,6 +301,33 @@ impl Stats {
     /// The handles for one server, made once and kept in its state.
     pub fn server(&self, url: &str) -> ServerStats {
         ServerStats::new(url, self.families.clone())
+    }
+
+    /// The handles for one client key (by its name).
+    pub fn client(&self, name: &str) -> ClientStats {
+        let f = &self.clients;
+        ClientStats {
+            requests: Outcome::ALL
+                .iter()
+                .map(|o| f.requests.with_label_values(&[name, o.as_str()]))
+                .collect(),
+            prompt_tokens: f.tokens.with_label_values(&[name, "prompt"]),
+            completion_tokens: f.tokens.with_label_values(&[name, "completion"]),
+            refused: Refusal::OF_A_KEY
+                .iter()
+                .map(|r| f.refused.with_label_values(&[name, r.as_str()]))
+                .collect(),
+        }
+    }
+
+    /// Records a request refused before routing: for a wrong or missing key, or by its
+    /// key's models and limits.
+    pub fn refused(&self, client: Option<&ClientStats>, why: Refusal) {
+        let of_key = Refusal::OF_A_KEY.iter().position(|r| *r == why);
+        match (client, of_key) {
+            (Some(c), Some(i)) => c.refused[i].inc(),
+            _ => self.unauthorized.inc(),
+        }
     }
 
     /// Records a retry the budget refused.
@@ -232,6 +346,13 @@ impl Stats {
 
     /// Records a finished request.
     pub fn record(&self, r: &RequestContext) {
+        if let Some(pass) = &r.pass {
+            let c = &pass.client.state.stats;
+            c.requests[r.outcome as usize].inc();
+            c.prompt_tokens.inc_by(r.usage.prompt_tokens.unwrap_or(0));
+            c.completion_tokens
+                .inc_by(r.usage.completion_tokens.unwrap_or(0));
+        }
         if let Some(route) = r.local {
             self.local[route as usize].inc();
             return;

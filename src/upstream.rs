@@ -57,8 +57,16 @@ pub struct NoAnswer {
     pub why: String,
 }
 
-fn peer_for(addr: SocketAddr) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
+fn peer_for(addr: SocketAddr, backend: &Backend) -> HttpPeer {
+    let mut peer = match &backend.tls {
+        None => HttpPeer::new(addr, false, String::new()),
+        Some(tls) => {
+            let mut peer = HttpPeer::new(addr, true, tls.server_name.clone());
+            peer.options.ca = tls.ca.clone();
+            peer.client_cert_key = tls.client.clone();
+            peer
+        }
+    };
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
     // No per-read timeout: a stream may pause between tokens for as long as the model takes;
@@ -91,7 +99,7 @@ pub async fn request(
         let why = format!("{url} has no resolved address");
         return Err(fail(AttemptResult::NoAddress, false, None, None, why));
     };
-    let peer = peer_for(*addr);
+    let peer = peer_for(*addr, backend);
     let (mut upstream, reused) = match connector.get_http_session(&peer).await {
         Ok(pair) => pair,
         Err(e) => {

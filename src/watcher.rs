@@ -37,18 +37,19 @@ type EventSource = fn(
 pub struct ConfigWatcher {
     path: PathBuf,
     cluster: Arc<Cluster>,
-    /// The text the running config was read from: later edits are compared with it.
-    loaded_text: String,
+    /// What the running config was read from: later edits are compared with it.
+    loaded: Seen,
     events: EventSource,
 }
 
 impl ConfigWatcher {
     /// Watches `path`, whose text `loaded_text` is what the running config was parsed from.
     pub fn new(path: &Path, cluster: Arc<Cluster>, loaded_text: String) -> ConfigWatcher {
+        let loaded = Seen::new(loaded_text, &cluster.config_files());
         ConfigWatcher {
             path: path.to_path_buf(),
             cluster,
-            loaded_text,
+            loaded,
             events: notify_events,
         }
     }
@@ -83,18 +84,51 @@ fn is_configmap_swap(name: &std::ffi::OsStr) -> bool {
     name.as_encoded_bytes().starts_with(b"..data")
 }
 
-/// Loads the file if its text differs from `last`; applies it if it is valid.
-fn reload(path: &Path, cluster: &Cluster, last: &mut String) {
+/// What the running config was read from: the file's text, and a hash of each file it names
+/// (client keys, CA bundles, client certificates), so that a rotated key or certificate is
+/// a change even when servers.toml is not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    text: String,
+    files: Vec<(std::path::PathBuf, Option<u64>)>,
+}
+
+impl Seen {
+    pub fn new(text: String, files: &[std::path::PathBuf]) -> Seen {
+        let files = files
+            .iter()
+            .map(|f| {
+                (
+                    f.clone(),
+                    std::fs::read(f)
+                        .ok()
+                        .map(|b| xxhash_rust::xxh3::xxh3_64(&b)),
+                )
+            })
+            .collect();
+        Seen { text, files }
+    }
+
+    /// The same text, and the same contents of the same files.
+    fn unchanged(&self, text: &str) -> bool {
+        let paths: Vec<std::path::PathBuf> = self.files.iter().map(|(p, _)| p.clone()).collect();
+        self.text == text && Seen::new(String::new(), &paths).files == self.files
+    }
+}
+
+/// Loads the file if it, or a file it names, differs from `last`; applies it if it is valid.
+fn reload(path: &Path, cluster: &Cluster, last: &mut Seen) {
     let Ok(text) = std::fs::read_to_string(path) else {
         // Mid-rename, or deleted: keep the running config; a later event brings the new file.
         return;
     };
-    if text == *last {
+    if last.unchanged(&text) {
         return;
     }
-    *last = text.clone();
+    last.text = text.clone();
     match Config::parse(&text, path) {
         Ok(config) => {
+            *last = Seen::new(text, &config.files);
             for (key, why) in &config.ignored {
                 tracing::warn!(
                     "{}: {key} is accepted but has no effect ({why})",
@@ -171,7 +205,7 @@ impl BackgroundService for ConfigWatcher {
         };
         let mut fallback = fallback_timer(period);
         let mut hangups = hangup_signals();
-        let mut last = self.loaded_text.clone();
+        let mut last = self.loaded.clone();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,

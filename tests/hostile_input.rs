@@ -148,3 +148,169 @@ async fn broken_and_hostile_requests_get_clear_answers() {
     .unwrap();
     drop(sim);
 }
+
+/// Reads one HTTP answer (header, then a `Content-Length` body) from a kept-alive socket.
+fn read_answer(socket: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(socket.read(&mut byte).unwrap(), 1, "closed mid-header");
+        answer.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    socket.read_exact(&mut body).unwrap();
+    answer.extend_from_slice(&body);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Whether the router closes `socket` within `limit` (reads return end of file or a reset).
+fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
+    socket.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(socket.read(&mut buf), Ok(0))
+        || matches!(socket.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+fn connect(router: &RouterProcess) -> TcpStream {
+    let socket = TcpStream::connect(router.url.trim_start_matches("http://")).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_greedy_clients_are_cut_off() {
+    let sim = Sim::start(&["--served-model-name", "m", "--itl-ms", "1"]).await;
+    let limits = "metrics_interval = 0.2\n[limits]\nheader_timeout = 1\nbody_timeout = 1\nmax_headers = 20\n";
+    let router = RouterProcess::start(&[(&sim.url, 4)], limits).await;
+
+    tokio::task::spawn_blocking(move || {
+        // Slowloris: a header that never ends, a line every 200 ms. Each read is quick, so
+        // only a deadline on the whole header stops it.
+        let mut socket = connect(&router);
+        let started = std::time::Instant::now();
+        socket.write_all(b"GET /health HTTP/1.1\r\nHost: router\r\n").unwrap();
+        let mut closed = false;
+        for i in 0..40 {
+            if socket.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes()).is_err()
+                || closed_within(&mut socket, Duration::from_millis(200))
+            {
+                closed = true;
+                break;
+            }
+        }
+        let took = started.elapsed();
+        assert!(closed, "a trickled header held its connection for {took:?}");
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{took:?}");
+
+        // A body that stops coming: 408 in OpenAI's shape when body_timeout runs out.
+        let started = std::time::Instant::now();
+        let answer = exchange(
+            &router,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: 1000\r\n\r\n{\"model\":",
+        );
+        assert_eq!(status(&answer), 408, "{answer}");
+        assert!(openai_error(&answer)["error"]["message"].as_str().unwrap().contains("body_timeout"));
+        assert!(started.elapsed() < Duration::from_secs(4));
+
+        // Too many header fields, or too large a header: 431, and the connection still serves.
+        let mut many = String::from("GET /health HTTP/1.1\r\nHost: router\r\n");
+        for i in 0..30 {
+            many.push_str(&format!("X-Field-{i}: 1\r\n"));
+        }
+        many.push_str("\r\n");
+        let mut socket = connect(&router);
+        socket.write_all(many.as_bytes()).unwrap();
+        let answer = read_answer(&mut socket);
+        assert_eq!(status(&answer), 431, "{answer}");
+        assert!(openai_error(&answer)["error"]["message"].as_str().unwrap().contains("max_headers"));
+        socket.write_all(b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n").unwrap();
+        assert_eq!(status(&read_answer(&mut socket)), 200, "kept alive after a 431");
+        let big = format!(
+            "GET /health HTTP/1.1\r\nHost: router\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(40 * 1024)
+        );
+        let answer = exchange(&router, big.as_bytes());
+        assert_eq!(status(&answer), 431, "{answer}");
+        assert!(openai_error(&answer)["error"]["message"].as_str().unwrap().contains("max_header_bytes"));
+    })
+    .await
+    .unwrap();
+    drop(sim);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_get_503_and_idle_ones_are_closed() {
+    let sim = Sim::start(&["--served-model-name", "m", "--itl-ms", "1"]).await;
+    let limits = "metrics_interval = 0.2\n[limits]\nmax_connections = 3\nidle_timeout = 1\nheader_timeout = 30\n";
+    let router = RouterProcess::start(&[(&sim.url, 4)], limits).await;
+
+    tokio::task::spawn_blocking(move || {
+        // Three connections held open, sending nothing: a fourth is turned away with a 503.
+        let held: Vec<TcpStream> = (0..3).map(|_| connect(&router)).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let answer = exchange(
+                &router,
+                b"GET /health HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n",
+            );
+            if status(&answer) == 503 || std::time::Instant::now() > deadline {
+                break answer;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status(&answer), 503, "{answer}");
+        assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+        assert!(openai_error(&answer)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections"));
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = exchange(
+                &router,
+                b"GET /health HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n",
+            );
+            if status(&answer) == 200 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "closed connections never freed: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        // A kept-alive connection serves requests while it is used, and is closed once it
+        // sits idle past idle_timeout.
+        let mut socket = connect(&router);
+        for _ in 0..3 {
+            socket
+                .write_all(b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n")
+                .unwrap();
+            assert_eq!(status(&read_answer(&mut socket)), 200);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let started = std::time::Instant::now();
+        assert!(
+            closed_within(&mut socket, Duration::from_secs(5)),
+            "an idle connection stayed open"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await
+    .unwrap();
+    drop(sim);
+}

@@ -476,16 +476,155 @@ impl Kind for Endpoint {
     }
 }
 
+/// A name used in logs and metric labels (a client key's): letters, digits, `-`, `_`, `.`.
+pub struct Name;
+
+impl Kind for Name {
+    type Value = Option<String>;
+    fn default_value(&self) -> Option<String> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
+        let v: String = typed(value)?;
+        let fits = (1..=64).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !fits {
+            return Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v:?}",
+                self.allowed()
+            )));
+        }
+        Ok(Some(v))
+    }
+    fn allowed(&self) -> String {
+        "1 to 64 letters, digits, '-', '_' or '.' (required)".into()
+    }
+    fn show(&self, value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| "missing".into())
+    }
+}
+
+/// An optional file path (relative paths are relative to servers.toml's folder).
+pub struct FilePath;
+
+impl Kind for FilePath {
+    type Value = Option<String>;
+    fn default_value(&self) -> Option<String> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
+        let v: String = typed(value)?;
+        Ok(Some(v).filter(|p| !p.is_empty()))
+    }
+    fn allowed(&self) -> String {
+        "a file path (relative to servers.toml's folder), or \"\" for none".into()
+    }
+    fn show(&self, value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| "none".into())
+    }
+}
+
+/// An optional environment variable's name.
+pub struct EnvName;
+
+impl Kind for EnvName {
+    type Value = Option<String>;
+    fn default_value(&self) -> Option<String> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
+        let v: String = typed(value)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let fits = !v.starts_with(|c: char| c.is_ascii_digit())
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !fits {
+            return Err(ReadError::NotAllowed(format!(
+                "must be {}, got {v:?}",
+                self.allowed()
+            )));
+        }
+        Ok(Some(v))
+    }
+    fn allowed(&self) -> String {
+        "an environment variable's name (letters, digits, '_'), or \"\" for none".into()
+    }
+    fn show(&self, value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| "none".into())
+    }
+}
+
+/// A list of model names; empty means every model.
+pub struct Models;
+
+impl Kind for Models {
+    type Value = Vec<String>;
+    fn default_value(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Vec<String>, ReadError> {
+        let v: Vec<String> = typed(value)?;
+        if v.iter().any(String::is_empty) {
+            return Err(ReadError::NotAllowed(format!("must be {}", self.allowed())));
+        }
+        Ok(v)
+    }
+    fn allowed(&self) -> String {
+        "a list of model names, e.g. [\"llama-3-8b\"]; [] for every model".into()
+    }
+    fn show(&self, value: &Vec<String>) -> String {
+        if value.is_empty() {
+            "every model".into()
+        } else {
+            value.join(", ")
+        }
+    }
+}
+
+/// A list of tables whose entries are read on their own (`[auth] keys`, with each entry's
+/// line in messages); here only its shape is checked, and its length kept.
+pub struct TableList {
+    /// What one entry is, for messages ("client key").
+    pub entry: &'static str,
+}
+
+impl Kind for TableList {
+    type Value = usize;
+    fn default_value(&self) -> usize {
+        0
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<usize, ReadError> {
+        let Some(entries) = value.get_ref().as_array() else {
+            return Err(ReadError::WrongType(format!(
+                "expected a list of {} tables, got a {}",
+                self.entry,
+                value.get_ref().type_str()
+            )));
+        };
+        Ok(entries.len())
+    }
+    fn allowed(&self) -> String {
+        format!("a list of {} tables", self.entry)
+    }
+    fn show(&self, value: &usize) -> String {
+        value.to_string()
+    }
+}
+
 /// A server's address: `http://HOST[:PORT]`. Required (its default is "missing").
 pub struct ServerUrl;
 
 /// A checked server URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
-    /// `http://host:port` as written, without a trailing slash.
+    /// `http[s]://host:port` as written, without a trailing slash.
     pub url: String,
     pub host: String,
     pub port: u16,
+    /// `https://`: the server is reached over TLS.
+    pub tls: bool,
 }
 
 impl Kind for ServerUrl {
@@ -500,24 +639,23 @@ impl Kind for ServerUrl {
             .map_err(ReadError::NotAllowed)
     }
     fn allowed(&self) -> String {
-        "http://HOST[:PORT] (required)".into()
+        "http://HOST[:PORT] or https://HOST[:PORT] (required)".into()
     }
     fn show(&self, value: &Option<Url>) -> String {
         value.as_ref().map_or("missing".into(), |u| u.url.clone())
     }
 }
 
-/// Checks a server URL: `http://host[:port]`, nothing after the authority but an optional `/`.
+/// Checks a server URL: `http[s]://host[:port]`, nothing after the authority but an optional `/`.
 pub fn parse_server_url(url: &str) -> Result<Url, String> {
-    let allowed = "expected http://HOST[:PORT], e.g. \"http://10.0.0.5:8000\"";
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?} uses https, which this build does not support yet; use http:// (vLLM serves plain HTTP)"
-        ));
+    let allowed =
+        "expected http://HOST[:PORT] or https://HOST[:PORT], e.g. \"http://10.0.0.5:8000\"";
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
     } else {
-        return Err(format!("{url:?} is not an http URL; {allowed}"));
+        return Err(format!("{url:?} is not an http or https URL; {allowed}"));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
@@ -537,7 +675,7 @@ pub fn parse_server_url(url: &str) -> Result<Url, String> {
                 })?;
             (host, port)
         }
-        _ => (authority, 80),
+        _ => (authority, if tls { 443 } else { 80 }),
     };
     if host.is_empty() {
         return Err(format!("{url:?} has no host; {allowed}"));
@@ -547,9 +685,10 @@ pub fn parse_server_url(url: &str) -> Result<Url, String> {
         .trim_end_matches(']')
         .to_string();
     Ok(Url {
-        url: format!("http://{authority}"),
+        url: format!("{}://{authority}", if tls { "https" } else { "http" }),
         host,
         port,
+        tls,
     })
 }
 
@@ -622,7 +761,11 @@ mod tests {
             url("http://[::1]:9000/").unwrap(),
             ("::1".into(), 9000, "http://[::1]:9000".into())
         );
-        assert!(url("https://h").unwrap_err().contains("https"));
+        assert_eq!(
+            url("https://h").unwrap(),
+            ("h".into(), 443, "https://h".into())
+        );
+        assert!(parse_server_url("https://h:8443").unwrap().tls);
         assert!(url("http://h/v1").is_err());
         assert!(url("http://h:0").is_err());
         assert!(url("http://h:99999").is_err());

@@ -22,6 +22,7 @@
 //! every mistake with the file, the line, the key and what is allowed. Unknown keys are
 //! mistakes too (a misspelt setting must not silently fall back to its default).
 
+mod files;
 mod key;
 mod sections;
 
@@ -31,8 +32,12 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+pub use files::{
+    cert_and_key as load_cert_and_key, certificates as load_certificates, resolve as resolve_path,
+    CertAndKey, SecretKey, ServerTls,
+};
 pub use key::{parse_server_url, KeyInfo, Section, Url};
-pub use sections::{Routing, ServerEntry, Settings};
+pub use sections::{Auth, ClientKeyEntry, Limits, Routing, ServerEntry, Settings, TlsListener};
 
 use key::ReadError;
 
@@ -53,6 +58,24 @@ pub struct ServerConfig {
     pub dns_discovery: bool,
     /// For a server found by DNS discovery: the URL of the entry that named it.
     pub discovered_from: Option<String>,
+    /// For an `https://` server: how it is reached.
+    pub tls: Option<ServerTls>,
+}
+
+/// A client key of `[auth] keys`, with the key itself read (from the config, a file or the
+/// environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    pub name: String,
+    pub key: SecretKey,
+    /// The models it may use; empty: every model.
+    pub models: Vec<String>,
+    /// 0: no limit.
+    pub requests_per_minute: u32,
+    /// 0: no limit.
+    pub max_concurrent_requests: u32,
+    /// 0: no limit.
+    pub tokens_per_minute: u64,
 }
 
 /// The `engine` values a server entry allows.
@@ -88,6 +111,13 @@ macro_rules! config_with_tables {
             pub source: PathBuf,
             pub servers: Vec<ServerConfig>,
             $(pub $field: $ty,)*
+            /// `[auth] keys`, read.
+            pub clients: Vec<ClientKey>,
+            /// The operator's key (`[auth] admin_key`, `_file` or `_env`), read.
+            pub admin_key: Option<SecretKey>,
+            /// Files the config names (keys, certificates): a change in one is a change of
+            /// the config (watcher.rs).
+            pub files: Vec<PathBuf>,
             /// Keys of the Python mvllm that are accepted but have no effect here, with why.
             pub ignored: Vec<Ignored>,
         }
@@ -102,6 +132,9 @@ macro_rules! config_with_tables {
                     source: path.to_path_buf(),
                     servers: Vec::new(),
                     $($field: <$ty>::default(),)*
+                    clients: Vec::new(),
+                    admin_key: None,
+                    files: Vec::new(),
                     ignored: Vec::new(),
                 }
             }
@@ -138,6 +171,9 @@ macro_rules! config_with_tables {
 config_with_tables! {
     settings: Settings,
     routing: Routing,
+    auth: Auth,
+    limits: Limits,
+    tls: TlsListener,
 }
 
 /// A key accepted for compatibility that has no effect: its full name, and why.
@@ -236,8 +272,12 @@ impl Source<'_> {
         Ok((section, ignored))
     }
 
-    /// `[servers] servers = [ {...}, ... ]`.
-    fn servers(&self, table: &DeTable<'_>) -> Result<Vec<ServerConfig>, ConfigError> {
+    /// `[servers] servers = [ {...}, ... ]`; the files they name are added to `files`.
+    fn servers(
+        &self,
+        table: &DeTable<'_>,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<Vec<ServerConfig>, ConfigError> {
         let mut servers: Vec<ServerConfig> = Vec::new();
         for (key, value) in table.iter() {
             if key.get_ref() != "servers" {
@@ -259,7 +299,7 @@ impl Source<'_> {
                     return Err(self.not_a_table(&path, entry));
                 };
                 let (entry_keys, _) = self.section::<ServerEntry>(&path, fields)?;
-                let Some(url) = entry_keys.url else {
+                let Some(url) = entry_keys.url.clone() else {
                     return Err(self.at(
                         entry.span().start,
                         &path,
@@ -276,6 +316,7 @@ impl Source<'_> {
                         format!("{} is listed twice; each server may appear once", url.url),
                     ));
                 }
+                let tls = self.server_tls(&path, fields, &url, &entry_keys, files)?;
                 servers.push(ServerConfig {
                     url: url.url,
                     host: url.host,
@@ -285,10 +326,227 @@ impl Source<'_> {
                     engine: Engine::named(entry_keys.engine),
                     dns_discovery: entry_keys.dns_discovery,
                     discovered_from: None,
+                    tls,
                 });
             }
         }
         Ok(servers)
+    }
+
+    /// Where the value of `key` starts in `table` (or `fallback`), for messages.
+    fn offset_of(table: &DeTable<'_>, key: &str, fallback: usize) -> usize {
+        table.get(key).map_or(fallback, |v| v.span().start)
+    }
+
+    /// An `https://` server's TLS settings, its files read; `None` for `http://`.
+    fn server_tls(
+        &self,
+        path: &str,
+        fields: &DeTable<'_>,
+        url: &Url,
+        entry: &ServerEntry,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<Option<ServerTls>, ConfigError> {
+        let named = [
+            ("ca_file", &entry.ca_file),
+            ("client_cert_file", &entry.client_cert_file),
+            ("client_key_file", &entry.client_key_file),
+        ];
+        let at = |key: &str, why: String| {
+            let offset = Source::offset_of(fields, key, 0);
+            self.at(offset, &format!("{path}.{key}"), why)
+        };
+        if !url.tls {
+            if let Some((key, _)) = named.iter().find(|(_, v)| v.is_some()) {
+                return Err(at(
+                    key,
+                    format!("is for https:// servers; {} is plain http", url.url),
+                ));
+            }
+            return Ok(None);
+        }
+        let ca = match &entry.ca_file {
+            Some(file) => {
+                let file = files::resolve(self.path, file);
+                let certs = files::certificates(&file).map_err(|why| at("ca_file", why))?;
+                files.push(file);
+                Some(certs)
+            }
+            None => None,
+        };
+        let client = match (&entry.client_cert_file, &entry.client_key_file) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (
+                    files::resolve(self.path, cert),
+                    files::resolve(self.path, key),
+                );
+                let pair =
+                    files::cert_and_key(&cert, &key).map_err(|why| at("client_cert_file", why))?;
+                files.extend([cert, key]);
+                Some(pair)
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(at("client_cert_file", "needs client_key_file too".into()))
+            }
+            (None, Some(_)) => {
+                return Err(at("client_key_file", "needs client_cert_file too".into()))
+            }
+        };
+        Ok(Some(ServerTls {
+            server_name: url.host.clone(),
+            ca,
+            client,
+        }))
+    }
+
+    /// A secret given one of three ways (`key`, `key_file`, `key_env`): exactly one for a
+    /// client key (`required`), at most one for the admin key.
+    #[allow(clippy::too_many_arguments)]
+    fn secret(
+        &self,
+        path: &str,
+        fields: &DeTable<'_>,
+        names: [&str; 3],
+        given: (&Option<String>, &Option<String>, &Option<String>),
+        required: bool,
+        fallback: usize,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<Option<SecretKey>, ConfigError> {
+        let at = |key: &str, why: String| {
+            let offset = Source::offset_of(fields, key, fallback);
+            self.at(offset, &format!("{path}{key}"), why)
+        };
+        let set: Vec<&str> = names
+            .iter()
+            .zip([given.0.is_some(), given.1.is_some(), given.2.is_some()])
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .collect();
+        match (set.len(), given) {
+            (0, _) if required => Err(at(
+                names[0],
+                format!("is missing; give one of {}", names.join(", ")),
+            )),
+            (0, _) => Ok(None),
+            (1, (Some(key), _, _)) => Ok(Some(SecretKey::new(key.clone()))),
+            (1, (_, Some(file), _)) => {
+                let file = files::resolve(self.path, file);
+                let key = files::secret_from_file(&file).map_err(|why| at(names[1], why))?;
+                files.push(file);
+                Ok(Some(key))
+            }
+            (1, (_, _, Some(var))) => files::secret_from_env(var)
+                .map(Some)
+                .map_err(|why| at(names[2], why)),
+            _ => Err(at(
+                set[1],
+                format!(
+                    "give only one of {} (this sets {})",
+                    names.join(", "),
+                    set.join(" and ")
+                ),
+            )),
+        }
+    }
+
+    /// `[auth]`'s client keys, each read with its secret.
+    fn client_keys(
+        &self,
+        auth: &DeTable<'_>,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<Vec<ClientKey>, ConfigError> {
+        let mut keys: Vec<ClientKey> = Vec::new();
+        let Some(entries) = auth.get("keys").and_then(|v| v.get_ref().as_array()) else {
+            return Ok(keys);
+        };
+        for (index, entry) in entries.iter().enumerate() {
+            let path = format!("auth.keys[{index}]");
+            let Some(fields) = entry.get_ref().as_table() else {
+                return Err(self.not_a_table(&path, entry));
+            };
+            let (read, _) = self.section::<ClientKeyEntry>(&path, fields)?;
+            let start = entry.span().start;
+            let Some(name) = read.name else {
+                return Err(self.at(
+                    start,
+                    &path,
+                    "has no name; every client key needs name = \"...\" (shown in logs and metrics)",
+                ));
+            };
+            let Some(key) = self.secret(
+                &format!("{path}."),
+                fields,
+                ["key", "key_file", "key_env"],
+                (&read.key, &read.key_file, &read.key_env),
+                true,
+                start,
+                files,
+            )?
+            else {
+                unreachable!("a required secret is there or an error");
+            };
+            let offset = Source::offset_of(fields, "name", start);
+            if keys.iter().any(|k| k.name == name) {
+                return Err(self.at(
+                    offset,
+                    &format!("{path}.name"),
+                    format!("{name:?} is used twice; each client key needs its own name"),
+                ));
+            }
+            if let Some(other) = keys.iter().find(|k| k.key == key) {
+                return Err(self.at(
+                    offset,
+                    &path,
+                    format!(
+                        "has the same key as {:?}; each client needs its own key",
+                        other.name
+                    ),
+                ));
+            }
+            keys.push(ClientKey {
+                name,
+                key,
+                models: read.models,
+                requests_per_minute: read.requests_per_minute,
+                max_concurrent_requests: read.max_concurrent_requests,
+                tokens_per_minute: read.tokens_per_minute,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// `[tls]`: a listener needs both files, and they must load.
+    fn tls_listener(
+        &self,
+        tls: &TlsListener,
+        table: &DeTable<'_>,
+        fallback: usize,
+    ) -> Result<(), ConfigError> {
+        let at = |key: &str, why: String| {
+            self.at(
+                Source::offset_of(table, key, fallback),
+                &format!("tls.{key}"),
+                why,
+            )
+        };
+        match (&tls.listen, &tls.cert_file, &tls.key_file) {
+            (None, None, None) => Ok(()),
+            (Some(_), Some(cert), Some(key)) => {
+                let (cert, key) = (
+                    files::resolve(self.path, cert),
+                    files::resolve(self.path, key),
+                );
+                files::cert_and_key(&cert, &key).map_err(|why| at("cert_file", why))?;
+                Ok(())
+            }
+            (None, _, _) => Err(at(
+                "cert_file",
+                "is set but tls.listen is not; give the address to serve HTTPS on".into(),
+            )),
+            (Some(_), None, _) => Err(at("listen", "needs tls.cert_file and tls.key_file".into())),
+            (Some(_), _, None) => Err(at("listen", "needs tls.key_file and tls.cert_file".into())),
+        }
     }
 
     /// A syntax error (or a duplicate key) from the TOML parser, placed at its line and key.
@@ -336,6 +594,7 @@ impl Config {
         let source = Source { text, path };
         let document = DeTable::parse(text).map_err(|e| source.syntax(&e))?;
         let mut config = Config::empty(path);
+        let mut files = Vec::new();
         for (key, value) in document.get_ref().iter() {
             let name = key.get_ref().as_ref();
             if !Config::TABLES.contains(&name) {
@@ -344,12 +603,44 @@ impl Config {
             let Some(table) = value.get_ref().as_table() else {
                 return Err(source.not_a_table(name, value));
             };
-            if name == "servers" {
-                config.servers = source.servers(table)?;
-            } else {
-                config.read_table(&source, name, table)?;
+            let start = value.span().start;
+            match name {
+                "servers" => config.servers = source.servers(table, &mut files)?,
+                "auth" => {
+                    config.read_table(&source, name, table)?;
+                    config.clients = source.client_keys(table, &mut files)?;
+                    let auth = &config.auth;
+                    config.admin_key = source.secret(
+                        "auth.",
+                        table,
+                        ["admin_key", "admin_key_file", "admin_key_env"],
+                        (&auth.admin_key, &auth.admin_key_file, &auth.admin_key_env),
+                        false,
+                        start,
+                        &mut files,
+                    )?;
+                }
+                "tls" => {
+                    config.read_table(&source, name, table)?;
+                    source.tls_listener(&config.tls, table, start)?;
+                }
+                _ => {
+                    config.read_table(&source, name, table)?;
+                }
             }
         }
+        if let Some(tls) = config.tls.listen {
+            let clash = [config.settings.admin_address]
+                .into_iter()
+                .flatten()
+                .any(|a| a.port() == tls.port());
+            if clash {
+                return Err(source.error(format!(
+                    "tls.listen {tls} uses the admin_address's port; give it another"
+                )));
+            }
+        }
+        config.files = files;
         Ok(config)
     }
 
@@ -389,6 +680,27 @@ impl Config {
                 out,
                 "  (no servers: the router would answer every request with 503)"
             );
+        }
+        for key in &self.clients {
+            let mut limits = Vec::new();
+            if !key.models.is_empty() {
+                limits.push(format!("models {}", key.models.join(", ")));
+            }
+            for (n, what) in [
+                (u64::from(key.requests_per_minute), "requests/min"),
+                (u64::from(key.max_concurrent_requests), "at once"),
+                (key.tokens_per_minute, "tokens/min"),
+            ] {
+                if n > 0 {
+                    limits.push(format!("{n} {what}"));
+                }
+            }
+            let limits = if limits.is_empty() {
+                "no limits".to_string()
+            } else {
+                limits.join(", ")
+            };
+            let _ = writeln!(out, "  client key {:<21} {limits}", key.name);
         }
         self.describe_tables(&mut out);
         for (key, why) in &self.ignored {
@@ -619,7 +931,7 @@ health_check_consecutive_failures = 3
             "[servers]\nservers = [\n { url = \"http://a:1\" },\n { url = \"gpu-2:8000\" },\n]\n",
         )
         .unwrap_err();
-        assert!(url.starts_with("servers.toml: line 4, key servers.servers[1].url: \"gpu-2:8000\" is not an http URL"), "{url}");
+        assert!(url.starts_with("servers.toml: line 4, key servers.servers[1].url: \"gpu-2:8000\" is not an http or https URL"), "{url}");
 
         let capacity =
             parse("[servers]\nservers = [{ url = \"http://a:1\", max_concurrent_requests = 0 }]\n")
@@ -641,6 +953,114 @@ health_check_consecutive_failures = 3
         assert!(
             unknown_server_key.contains("unknown field `weight`"),
             "{unknown_server_key}"
+        );
+    }
+
+    #[test]
+    fn auth_keys_come_from_the_file_a_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("mvllm-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b.key"), "sk-from-file\n").unwrap();
+        std::env::set_var("MVLLM_TEST_KEY_C", "sk-from-env");
+        let text = r#"
+[auth]
+admin_key_file = "b.key"
+keys = [
+  { name = "a", key = "sk-a", models = ["llama"], requests_per_minute = 60 },
+  { name = "b", key_file = "b.key" },
+  { name = "c", key_env = "MVLLM_TEST_KEY_C", max_concurrent_requests = 2 },
+]
+"#;
+        let path = dir.join("servers.toml");
+        let c = Config::parse(text, &path).unwrap();
+        let keys: Vec<(&str, &str)> = c
+            .clients
+            .iter()
+            .map(|k| (k.name.as_str(), k.key.expose()))
+            .collect();
+        assert_eq!(
+            keys,
+            [("a", "sk-a"), ("b", "sk-from-file"), ("c", "sk-from-env")]
+        );
+        assert_eq!(c.clients[0].models, ["llama"]);
+        assert_eq!(
+            c.admin_key.as_ref().map(|k| k.expose()),
+            Some("sk-from-file")
+        );
+        assert_eq!(c.files, [dir.join("b.key"), dir.join("b.key")]);
+        assert!(!c.describe().contains("sk-"), "keys are never shown");
+
+        let err = |t: &str| Config::parse(t, &path).unwrap_err().to_string();
+        let missing = err("[auth]\nkeys = [\n { name = \"a\" },\n]\n");
+        assert!(
+            missing.contains(
+                "line 3, key auth.keys[0].key: is missing; give one of key, key_file, key_env"
+            ),
+            "{missing}"
+        );
+        let both = err("[auth]\nkeys = [{ name = \"a\", key = \"k\", key_env = \"X\" }]\n");
+        assert!(
+            both.contains("give only one of key, key_file, key_env"),
+            "{both}"
+        );
+        let unnamed = err("[auth]\nkeys = [{ key = \"k\" }]\n");
+        assert!(unnamed.contains("auth.keys[0]: has no name"), "{unnamed}");
+        let twice =
+            err("[auth]\nkeys = [{ name = \"a\", key = \"k\" }, { name = \"b\", key = \"k\" }]\n");
+        assert!(
+            twice.contains("same key as \"a\"") && !twice.contains("\"k\""),
+            "{twice}"
+        );
+        let no_file = err("[auth]\nkeys = [{ name = \"a\", key_file = \"nope\" }]\n");
+        assert!(
+            no_file.contains("key auth.keys[0].key_file: cannot read"),
+            "{no_file}"
+        );
+        let env = err("[auth]\nadmin_key_env = \"MVLLM_TEST_SURELY_UNSET\"\n");
+        assert!(env.contains("line 2, key auth.admin_key_env: the environment variable MVLLM_TEST_SURELY_UNSET is not set"), "{env}");
+        let bad_name = err("[auth]\nkeys = [{ name = \"a b\", key = \"k\" }]\n");
+        assert!(
+            bad_name.contains("auth.keys[0].name: must be 1 to 64 letters"),
+            "{bad_name}"
+        );
+        let unknown = err("[auth]\nkeys = [{ name = \"a\", key = \"k\", rpm = 1 }]\n");
+        assert!(unknown.contains("unknown field `rpm`"), "{unknown}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_settings_need_https_and_their_files() {
+        let plain =
+            parse("[servers]\nservers = [{ url = \"http://a:1\", ca_file = \"ca.pem\" }]\n")
+                .unwrap_err();
+        assert!(
+            plain.contains("servers.servers[0].ca_file: is for https:// servers"),
+            "{plain}"
+        );
+        let missing = parse(
+            "[servers]\nservers = [{ url = \"https://a\", ca_file = \"/nonexistent/ca.pem\" }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            missing.contains(
+                "line 2, key servers.servers[0].ca_file: cannot read /nonexistent/ca.pem"
+            ),
+            "{missing}"
+        );
+        let half =
+            parse("[servers]\nservers = [{ url = \"https://a\", client_key_file = \"k.pem\" }]\n")
+                .unwrap_err();
+        assert!(half.contains("needs client_cert_file too"), "{half}");
+        let https = parse("[servers]\nservers = [{ url = \"https://gpu-1\" }]\n").unwrap();
+        let tls = https.servers[0].tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.server_name.as_str(), https.servers[0].port),
+            ("gpu-1", 443)
+        );
+        let listener = parse("[tls]\nlisten = \"127.0.0.1:8443\"\n").unwrap_err();
+        assert!(
+            listener.contains("key tls.listen: needs tls.cert_file and tls.key_file"),
+            "{listener}"
         );
     }
 

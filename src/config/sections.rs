@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use super::key::{
-    section, DnsServer, Endpoint, Flag, Header, ListenAddress, ModelPolicies, Number, OneOf,
-    Seconds, Secret, ServerUrl, Url, Whole,
+    section, DnsServer, Endpoint, EnvName, FilePath, Flag, Header, ListenAddress, ModelPolicies,
+    Models, Name, Number, OneOf, Seconds, Secret, ServerUrl, TableList, Url, Whole,
 };
 
 section! {
     /// One entry of `[servers] servers = [...]`.
     pub struct ServerEntry in "servers.servers" {
-        /// The server, `http://HOST[:PORT]`; host names are resolved in the background.
+        /// The server, `http://HOST[:PORT]` or `https://HOST[:PORT]`; host names are resolved
+        /// in the background.
         url: Option<Url> = ServerUrl,
         /// How many requests the server is sized for: the denominator of its load score.
         max_concurrent_requests: u32 = Whole { default: 3, min: 1, max: 1_000_000 },
@@ -24,6 +25,90 @@ section! {
         /// settings (a headless Kubernetes Service of vLLM pods); looked up again every
         /// `dns_refresh_interval`, added and removed like a reload.
         dns_discovery: bool = Flag { default: false },
+        /// For an `https://` server: the CA certificates (PEM) its certificate must chain to,
+        /// instead of the system's.
+        ca_file: Option<String> = FilePath,
+        /// For an `https://` server that asks for a client certificate (mTLS): the router's
+        /// certificate chain (PEM); with `client_key_file`.
+        client_cert_file: Option<String> = FilePath,
+        /// The private key (PEM) of `client_cert_file`.
+        client_key_file: Option<String> = FilePath,
+    }
+}
+
+section! {
+    /// Client API keys and the operator's key (`[auth]`).
+    pub struct Auth in "auth" {
+        /// The client keys, `{ name = "...", key = "..." }` each (or `key_file`, `key_env`
+        /// instead of `key`), with optional limits; with any, every inference request needs
+        /// `Authorization: Bearer <key>`.
+        keys: usize = TableList { entry: "client key" },
+        /// The operator's key, required on `/load-stats` and `/metrics` when set.
+        admin_key: Option<String> = Secret,
+        /// Read the operator's key from this file instead (reloaded with the config).
+        admin_key_file: Option<String> = FilePath,
+        /// Read the operator's key from this environment variable instead.
+        admin_key_env: Option<String> = EnvName,
+        /// Pass the client's `Authorization` header on to the servers as it came (vLLM checks
+        /// its own `--api-key`) instead of checking client keys here; a server's `api_key` is
+        /// then used only for the router's own reads of `/metrics` and `/v1/models`.
+        forward_client_authorization: bool = Flag { default: false },
+    }
+}
+
+section! {
+    /// One entry of `[auth] keys = [...]`.
+    pub struct ClientKeyEntry in "auth.keys" {
+        /// The key's name: what logs, `/metrics` and the monitor show (never the key).
+        name: Option<String> = Name,
+        /// The key itself, as clients send it (`Authorization: Bearer <key>`).
+        key: Option<String> = Secret,
+        /// Read the key from this file instead (surrounding whitespace is dropped).
+        key_file: Option<String> = FilePath,
+        /// Read the key from this environment variable instead.
+        key_env: Option<String> = EnvName,
+        /// The models this key may use; others answer 404 as if they did not exist.
+        models: Vec<String> = Models,
+        /// Requests per minute (a bucket holding a minute's worth, refilled steadily);
+        /// over it, 429 with `Retry-After`. 0: no limit.
+        requests_per_minute: u32 = Whole { default: 0, min: 0, max: 100_000_000 },
+        /// Requests of this key being answered at once; over it, 429. 0: no limit.
+        max_concurrent_requests: u32 = Whole { default: 0, min: 0, max: 1_000_000 },
+        /// Tokens (prompt and completion, from the answers' usage) per rolling minute; over
+        /// it, 429 until enough of the last minute's tokens age out. 0: no limit.
+        tokens_per_minute: u64 = Whole { default: 0, min: 0, max: 1u64 << 40 },
+    }
+}
+
+section! {
+    /// What a client connection may take (`[limits]`), against slow or hostile clients.
+    pub struct Limits in "limits" {
+        /// Time from a connection's start (or from the end of the previous request on a
+        /// kept-alive one, plus `idle_timeout`) to a complete request header; past it the
+        /// connection is closed.
+        header_timeout: Duration = Seconds { default: 10.0, min: 0.1 },
+        /// Time to receive a whole request body; past it, 408.
+        body_timeout: Duration = Seconds { default: 60.0, min: 0.1 },
+        /// How long a kept-alive client connection may sit idle between requests.
+        idle_timeout: Duration = Seconds { default: 60.0, min: 1.0 },
+        /// Largest request header (request line and all fields), in bytes; above it, 431.
+        max_header_bytes: u32 = Whole { default: 32 * 1024, min: 1024, max: 1_048_575 },
+        /// Most header fields in a request; above it, 431.
+        max_headers: u32 = Whole { default: 100, min: 8, max: 256 },
+        /// Client connections open at once; a connection over it gets 503 and is closed.
+        max_connections: u32 = Whole { default: 10_000, min: 1, max: 10_000_000 },
+    }
+}
+
+section! {
+    /// The TLS listener for clients (`[tls]`).
+    pub struct TlsListener in "tls" {
+        /// Serve HTTPS on this address too (with `cert_file` and `key_file`). Read at start.
+        listen: Option<std::net::SocketAddr> = ListenAddress,
+        /// The certificate chain (PEM) the TLS listener presents; read again when it changes.
+        cert_file: Option<String> = FilePath,
+        /// The private key (PEM) of `cert_file`; read again when it changes.
+        key_file: Option<String> = FilePath,
     }
 }
 

@@ -79,11 +79,24 @@ struct Past {
     seen: u64,
 }
 
+/// One client key (`[auth] keys`), by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientLine {
+    pub name: String,
+    pub in_flight: u32,
+    /// Since the start: requests, refusals (its limits, its models), tokens.
+    pub requests: u64,
+    pub refused: u64,
+    pub tokens: u64,
+}
+
 /// The sampled board.
 #[derive(Default)]
 pub struct Board {
     pub rows: Vec<Row>,
     pub totals: Totals,
+    /// The client keys, when the router checks them.
+    pub clients: Vec<ClientLine>,
     past: HashMap<String, Past>,
     generation: u64,
 }
@@ -113,6 +126,20 @@ impl Board {
         self.past.retain(|_, past| past.seen == generation);
         self.rows = rows;
         self.totals = totals;
+    }
+
+    /// Takes a new sample of the client keys.
+    pub fn sample_clients(&mut self, clients: &[std::sync::Arc<crate::access::Client>]) {
+        self.clients = clients
+            .iter()
+            .map(|c| ClientLine {
+                name: c.name.to_string(),
+                in_flight: c.state.in_flight(),
+                requests: c.state.stats.requests(),
+                refused: c.state.stats.refusals(),
+                tokens: c.state.stats.tokens(),
+            })
+            .collect();
     }
 
     fn row(view: ServerView, past: &mut Past, now: Instant) -> Row {

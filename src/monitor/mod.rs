@@ -117,6 +117,7 @@ fn show(mut terminal: DefaultTerminal, mut sources: Sources, stop: &AtomicBool) 
         if now >= next_sample {
             let snapshot = sources.cluster.snapshot();
             board.sample(snapshot.backends.iter().map(ServerView::of).collect(), now);
+            board.sample_clients(snapshot.access.clients());
             sources.decisions.refresh();
             next_sample = now + SAMPLE_EVERY;
             dirty = true;

@@ -112,8 +112,9 @@ pub fn draw(frame: &mut Frame, scene: &Scene) {
     } else {
         0
     };
+    let header_height = if scene.board.clients.is_empty() { 2 } else { 3 };
     let [header, body, log, footer] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(header_height),
         Constraint::Min(1),
         Constraint::Length(log_height),
         Constraint::Length(1),
@@ -170,7 +171,22 @@ fn draw_header(frame: &mut Frame, area: Rect, scene: &Scene) {
         ),
         Span::raw(format!(" · retries {}", t.retries)),
     ]);
-    frame.render_widget(Paragraph::new(vec![first, second]), area);
+    let mut lines = vec![first, second];
+    if !scene.board.clients.is_empty() {
+        let clients: Vec<String> = scene
+            .board
+            .clients
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} in flight, {} req, {} refused, {} tok",
+                    c.name, c.in_flight, c.requests, c.refused, c.tokens
+                )
+            })
+            .collect();
+        lines.push(Line::from(format!("clients: {}", clients.join(" · "))));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
 }
 
 fn health_style(health: Health) -> Style {
@@ -610,6 +626,13 @@ mod tests {
             ],
             std::time::Instant::now(),
         );
+        board.clients = vec![crate::monitor::board::ClientLine {
+            name: "team-a".into(),
+            in_flight: 2,
+            requests: 40,
+            refused: 3,
+            tokens: 900,
+        }];
         let scene = Scene {
             address: "127.0.0.1:8888",
             policy: "least-load",
@@ -655,6 +678,10 @@ mod tests {
         assert!(text.contains("gpu-node"), "{text}");
         assert!(text.contains("DOWN"), "{text}");
         assert!(text.contains("q quit"), "{text}");
+        assert!(
+            text.contains("clients: team-a 2 in flight, 40 req, 3 refused"),
+            "client keys show by name: {text}"
+        );
     }
 
     #[test]

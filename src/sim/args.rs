@@ -50,6 +50,16 @@ pub struct SimArgs {
     /// `/get_model_info`, `owned_by: "sglang"`, and /metrics only with --enable-metrics).
     #[arg(long, value_enum, default_value_t = SimEngine::Vllm)]
     pub engine: SimEngine,
+    /// Serve HTTPS with this certificate chain (PEM), as vLLM's --ssl-certfile.
+    #[arg(long, requires = "ssl_keyfile")]
+    pub ssl_certfile: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --ssl-certfile, as vLLM's --ssl-keyfile.
+    #[arg(long, requires = "ssl_certfile")]
+    pub ssl_keyfile: Option<std::path::PathBuf>,
+    /// Require a client certificate signed by these CAs (PEM), as vLLM's --ssl-ca-certs with
+    /// --ssl-cert-reqs 2.
+    #[arg(long, requires = "ssl_certfile")]
+    pub ssl_ca_certs: Option<std::path::PathBuf>,
     /// SGLang's flag: serve /metrics (an `--engine sglang` sim has none without it, as SGLang;
     /// vLLM always has them).
     #[arg(long)]
@@ -118,6 +128,12 @@ pub struct SimConfig {
     pub engine: SimEngine,
     /// Whether /metrics is served (always for vLLM; SGLang's `--enable-metrics`).
     pub serve_metrics: bool,
+    /// HTTPS: (certificate chain, key, CAs for client certificates).
+    pub tls: Option<(
+        std::path::PathBuf,
+        std::path::PathBuf,
+        Option<std::path::PathBuf>,
+    )>,
 }
 
 impl SimArgs {
@@ -205,6 +221,10 @@ impl SimArgs {
             faults: self.faults,
             engine: self.engine,
             serve_metrics: self.engine == SimEngine::Vllm || self.enable_metrics,
+            tls: self
+                .ssl_certfile
+                .zip(self.ssl_keyfile)
+                .map(|(cert, key)| (cert, key, self.ssl_ca_certs)),
         })
     }
 }

@@ -42,9 +42,10 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("mvllm sim: {e}"))?;
     let names = cfg.served_model_names.join(", ");
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let (address, serving) = bind(cfg).await?;
     // Tests and scripts wait for this line to learn the address (with --port 0).
-    println!("mvllm sim: serving {names} on http://{address}");
+    println!("mvllm sim: serving {names} on {scheme}://{address}");
     tokio::select! {
         () = serving => {}
         () = crate::shutdown_signal() => {}
@@ -62,7 +63,41 @@ pub async fn bind(
         .await
         .with_context(|| format!("mvllm sim: cannot listen on {}:{}", cfg.host, cfg.port))?;
     let address = listener.local_addr()?;
+    let tls = match &cfg.tls {
+        Some((cert, key, client_ca)) => Some(tls_acceptor(cert, key, client_ca.as_deref())?),
+        None => None,
+    };
     let state = server::SimState::start(cfg);
-    let serving = server::serve(listener, server::router(state), std::future::pending());
+    let serving = server::serve(listener, tls, server::router(state), std::future::pending());
     Ok((address, serving))
+}
+
+/// The sim's TLS: its certificate, and (with `client_ca`) client certificates required.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let pair = crate::config::load_cert_and_key(cert, key)
+        .map_err(|e| anyhow::anyhow!("mvllm sim: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in crate::config::load_certificates(ca).map_err(anyhow::Error::msg)? {
+                roots.add(cert)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(pair.chain.clone(), pair.key.clone_key())?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }

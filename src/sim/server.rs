@@ -463,9 +463,15 @@ pub fn with_request_id(mut response: Response, request_id: &str) -> Response {
     response
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` completes. Each connection gets a
-/// [`ConnKill`] in its requests' extensions, so a handler can drop the connection.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+/// Serves HTTP/1.1 (over TLS with `tls`) on `listener` until `shutdown` completes. Each
+/// connection gets a [`ConnKill`] in its requests' extensions, so a handler can drop the
+/// connection.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -482,25 +488,38 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let kill = ConnKill::default();
-            let for_requests = kill.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(for_requests.clone());
-                    let app = app.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            app.oneshot(request.map(Body::new)).await.into_response(),
-                        )
+            match tls {
+                None => serve_connection(stream, app).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, app).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
-                });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                () = kill.0.notified() => {}
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let kill = ConnKill::default();
+    let for_requests = kill.clone();
+    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(for_requests.clone());
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.oneshot(request.map(Body::new)).await.into_response()) }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        () = kill.0.notified() => {}
     }
 }

@@ -99,7 +99,7 @@ fn spawn_with_address(
         if line.contains(marker) {
             url = line
                 .split_whitespace()
-                .find(|w| w.starts_with("http://"))
+                .find(|w| w.starts_with("http://") || w.starts_with("https://"))
                 .map(str::to_string);
             break;
         }
@@ -173,13 +173,18 @@ impl RouterProcess {
     /// Starts the router on a servers.toml written as `text` (for entries `start` cannot
     /// write), without waiting for it to be ready.
     pub async fn launch_toml(text: &str) -> RouterProcess {
+        Self::launch_toml_with_env(text, &[]).await
+    }
+
+    /// Like `launch_toml`, with extra environment variables.
+    pub async fn launch_toml_with_env(text: &str, env: &[(&str, &str)]) -> RouterProcess {
         let config = std::env::temp_dir().join(format!(
             "mvllm-test-{}-{}.toml",
             std::process::id(),
             CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&config, text).unwrap();
-        Self::launch_config(config, 0, &[], &[]).await
+        Self::launch_config(config, 0, &[], env).await
     }
 
     async fn launch_config(
@@ -380,6 +385,36 @@ impl Sim {
         sim
     }
 
+    /// Starts an HTTPS sim (`args` name its certificate); waits until `client` (which trusts
+    /// it) gets its /health.
+    pub async fn start_tls(args: &[&str], client: reqwest::Client) -> Sim {
+        let args: Vec<String> = ["sim", "--host", "127.0.0.1", "--port", "0"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect();
+        let (child, url, _) =
+            tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving", &[]))
+                .await
+                .expect("reader thread");
+        // Its certificate names localhost, not the address it prints.
+        let url = url.replace("127.0.0.1", "localhost");
+        let sim = Sim { child, url };
+        let health = sim.at("/health");
+        poll_until(
+            format!("sim at {} never became healthy", sim.url),
+            || async {
+                client
+                    .get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+        sim
+    }
+
     /// A sim that answers every inference request with `status` (`--fault-error-rate 1`).
     pub async fn failing(status: u16) -> Sim {
         let status = status.to_string();
@@ -503,6 +538,15 @@ where
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A free loopback port (for a listener a process is told to open).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn client() -> reqwest::Client {
