@@ -30,7 +30,7 @@ use crate::context::{Finish, LocalRoute, Outcome, RequestContext};
 use crate::decisions::DecisionLog;
 use crate::features;
 use crate::forward;
-use crate::front_door::{HeaderArrived, KeptAlive};
+use crate::front_door::{self, HeaderWatch};
 use crate::openai::ApiError;
 use crate::respond;
 use crate::traces::Traces;
@@ -360,17 +360,9 @@ impl ProxyHttp for Router {
         _ctx: &mut RequestContext,
         previous: Box<dyn std::any::Any + Send + Sync>,
     ) {
-        if let Some(arrived) = previous.downcast_ref::<HeaderArrived>() {
-            arrived.fire();
+        if previous.is::<HeaderWatch>() {
+            front_door::header_read();
         }
-    }
-
-    fn persist_connection_context(
-        &self,
-        _session: &Session,
-        _ctx: &RequestContext,
-    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
-        Some(Box::new(KeptAlive))
     }
 
     async fn upstream_peer(

@@ -63,7 +63,17 @@ pub async fn read_body(
     limit: u64,
     timeout: std::time::Duration,
 ) -> Result<Bytes, BodyError> {
-    match tokio::time::timeout(timeout, read_body_within(session, limit)).await {
+    let read = read_body_within(session, limit);
+    tokio::pin!(read);
+    // Most bodies came with the header and are read in one go: no timer for them.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
+    })
+    .await;
+    if let std::task::Poll::Ready(read) = first {
+        return read;
+    }
+    match tokio::time::timeout(timeout, read).await {
         Ok(read) => read,
         Err(_) => Err(BodyError::Refused(ApiError::new(
             408,

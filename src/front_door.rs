@@ -4,66 +4,64 @@
 //! off here, before they hold a worker.
 //!
 //! Pingora bounds each read of a request header (60 s), not the whole header: a client sending
-//! a byte every 59 s holds its connection for ever. So the request path is wrapped twice:
+//! a byte every 59 s holds its connection for ever. So [`ConnectionGate`] (Pingora's
+//! `ServerApp`, around the proxy) serves each HTTP/1 connection itself:
 //!
-//! - [`ConnectionGate`] (Pingora's `ServerApp`) counts open connections; one over
-//!   `max_connections` gets a 503 and is closed.
-//! - [`RequestGate`] (Pingora's `HttpServerApp`, around the proxy) gives each request on a
-//!   connection `header_timeout` to present a whole header (plus `idle_timeout` on a
-//!   kept-alive connection, whose client may first sit idle), and closes the connection when
-//!   it runs out. The proxy tells it that the header arrived through the connection's user
-//!   context: the router's `on_connection_reuse` fires the [`HeaderArrived`] put there.
+//! - it counts open connections; one over `max_connections` gets a 503 and is closed;
+//! - it runs the connection's requests one after another, as Pingora's own loop does, giving
+//!   each `header_timeout` to present a whole header (plus `idle_timeout` on a kept-alive
+//!   connection, whose client may first sit idle), and closes the connection when that runs
+//!   out. The proxy tells it that a header was read: the router's `on_connection_reuse` (which
+//!   Pingora calls right after reading a header, since a [`HeaderWatch`] sits in the
+//!   connection's user context) calls [`header_read`], which counts on the current thread —
+//!   the same thread and the same poll as the gate's own, so no allocation, lock or channel
+//!   is needed per request. One timer per connection is reset for each request.
 //!
 //! Header size and count limits, and the body's deadline, are the router's own (entry.rs and
 //! features.rs), where an answer can still be given.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
-use pingora::protocols::http::v2::server::H2Options;
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::cluster::Cluster;
 use crate::entry::Router;
 use crate::openai::ApiError;
 
-/// Fired by the proxy when a request's header has been read (see the module doc).
-pub struct HeaderArrived(Mutex<Option<oneshot::Sender<()>>>);
+/// The marker left in a connection's user context so that Pingora calls the router's
+/// `on_connection_reuse` once the request header has been read.
+pub struct HeaderWatch;
 
-impl HeaderArrived {
-    pub fn fire(&self) {
-        let sender = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(sender) = sender {
-            let _ = sender.send(());
-        }
-    }
+thread_local! {
+    /// Request headers read on this thread (wrapping): see the module doc.
+    static HEADERS_READ: Cell<u64> = const { Cell::new(0) };
 }
 
-/// What the router leaves in a kept-alive connection's user context: the next request on it
-/// is not the first.
-pub struct KeptAlive;
-
-/// The proxy, with a deadline on each request header and the idle keep-alive timeout.
-pub struct RequestGate {
-    proxy: Arc<HttpProxy<Router>>,
-    cluster: Arc<Cluster>,
+/// Called by the router when a request header has been read (inside the gate's poll).
+pub fn header_read() {
+    HEADERS_READ.with(|n| n.set(n.get().wrapping_add(1)));
 }
 
-/// Open connections, counted across every listener.
+fn headers_read() -> u64 {
+    HEADERS_READ.with(Cell::get)
+}
+
+/// The proxy, behind the connection limit, the header deadline and the idle timeout.
 pub struct ConnectionGate {
-    requests: Arc<RequestGate>,
+    proxy: Arc<HttpProxy<Router>>,
     cluster: Arc<Cluster>,
     open: AtomicUsize,
 }
@@ -71,10 +69,7 @@ pub struct ConnectionGate {
 impl ConnectionGate {
     pub fn new(proxy: HttpProxy<Router>, cluster: Arc<Cluster>) -> ConnectionGate {
         ConnectionGate {
-            requests: Arc::new(RequestGate {
-                proxy: Arc::new(proxy),
-                cluster: Arc::clone(&cluster),
-            }),
+            proxy: Arc::new(proxy),
             cluster,
             open: AtomicUsize::new(0),
         }
@@ -109,11 +104,97 @@ impl ServerApp for ConnectionGate {
             turn_away(stream, max).await;
             return None;
         }
-        self.requests.process_new(stream, shutdown).await
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // Not offered by the router's listeners; if ever negotiated, Pingora's own HTTP/2
+            // handling applies.
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        self.serve_http1(stream, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
-        self.requests.http_cleanup().await;
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl ConnectionGate {
+    /// The requests of one HTTP/1 connection, each with its header deadline (Pingora's own
+    /// loop, `ServerApp for HttpServerApp`, with the deadline and the idle timeout added).
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        let mut kept_alive = false;
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        loop {
+            let limits = self.cluster.snapshot().limits.clone();
+            // A new connection is kept alive unless the router is stopping; a reused one as the
+            // proxy decided when it handed it back (it turns keep-alive off while draining).
+            let keep = if kept_alive {
+                session.get_keepalive().is_some()
+            } else {
+                !*shutdown.borrow()
+            };
+            let idle = limits.idle_timeout.as_secs_f64().ceil() as u64;
+            session.set_keepalive(keep.then_some(idle));
+            session.set_connection_user_context(Some(Box::new(HeaderWatch)));
+            let mut deadline = limits.header_timeout;
+            if kept_alive {
+                deadline += limits.idle_timeout;
+            }
+            timer.as_mut().reset(Instant::now() + deadline);
+            let request = self.proxy.process_new_http(session, shutdown);
+            let finished = HeaderDeadline {
+                request,
+                timer: timer.as_mut(),
+                header_read: false,
+            }
+            .await;
+            let Some(Some(reused)) = finished else {
+                if finished.is_none() {
+                    tracing::debug!(
+                        ?deadline,
+                        "no complete request header in time (header_timeout): connection closed"
+                    );
+                }
+                return;
+            };
+            let (stream, persistent) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(persistent) = persistent {
+                persistent.apply_to_session(&mut session);
+            }
+            kept_alive = true;
+        }
+    }
+}
+
+/// A request racing its header deadline: `None` if the deadline came first (the request is
+/// dropped, closing the connection), else what the proxy returned.
+struct HeaderDeadline<'a, F: ?Sized> {
+    request: Pin<Box<F>>,
+    timer: Pin<&'a mut Sleep>,
+    header_read: bool,
+}
+
+impl<F> Future for HeaderDeadline<'_, F>
+where
+    F: Future<Output = Option<ReusedHttpStream>> + ?Sized,
+{
+    type Output = Option<Option<ReusedHttpStream>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let before = headers_read();
+        if let Poll::Ready(done) = self.request.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if headers_read() != before {
+            self.header_read = true;
+        }
+        if !self.header_read && self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 
@@ -144,60 +225,4 @@ async fn turn_away(mut stream: Stream, max: usize) {
         Ok::<(), std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
-}
-
-#[async_trait]
-impl HttpServerApp for RequestGate {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let limits = self.cluster.snapshot().limits.clone();
-        let kept_alive = session
-            .take_connection_user_context()
-            .is_some_and(|c| c.is::<KeptAlive>());
-        // Pingora keeps a connection alive 60 s by default; None means it is closing (the
-        // router is shutting down).
-        if session.get_keepalive().is_some() && !*shutdown.borrow() {
-            session.set_keepalive(Some(limits.idle_timeout.as_secs_f64().ceil() as u64));
-        }
-        let (arrived, header_read) = oneshot::channel();
-        session
-            .set_connection_user_context(Some(Box::new(HeaderArrived(Mutex::new(Some(arrived))))));
-        let mut deadline = limits.header_timeout;
-        if kept_alive {
-            deadline += limits.idle_timeout;
-        }
-        let request = self.proxy.process_new_http(session, shutdown);
-        tokio::pin!(request);
-        tokio::select! {
-            biased;
-            done = &mut request => return done,
-            read = header_read => {
-                if read.is_err() {
-                    // The proxy dropped the signal unfired: the request ends without a header
-                    // read (the connection closed, a bad header); let it finish.
-                    return request.await;
-                }
-            }
-            _ = tokio::time::sleep(deadline) => {
-                tracing::debug!(?deadline, "no complete request header in time (header_timeout): connection closed");
-                return None;
-            }
-        }
-        request.await
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.proxy.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.proxy.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.proxy.http_cleanup().await;
-    }
 }

@@ -187,7 +187,7 @@ fn connect(router: &RouterProcess) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_and_greedy_clients_are_cut_off() {
-    let sim = Sim::start(&["--served-model-name", "m", "--itl-ms", "1"]).await;
+    let sim = Sim::start(&["--served-model-name", "m", "--itl-ms", "20"]).await;
     let limits = "metrics_interval = 0.2\n[limits]\nheader_timeout = 1\nbody_timeout = 1\nmax_headers = 20\n";
     let router = RouterProcess::start(&[(&sim.url, 4)], limits).await;
 
@@ -209,6 +209,25 @@ async fn slow_and_greedy_clients_are_cut_off() {
         let took = started.elapsed();
         assert!(closed, "a trickled header held its connection for {took:?}");
         assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{took:?}");
+
+        // The deadline is on the header only: an answer that takes longer (80 tokens at
+        // 20 ms) is delivered whole, and the connection serves the next request.
+        let mut socket = connect(&router);
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":80}"#;
+        let mut raw = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        let started = std::time::Instant::now();
+        socket.write_all(&raw).unwrap();
+        let answer = read_answer(&mut socket);
+        assert_eq!(status(&answer), 200, "{answer}");
+        assert!(started.elapsed() > Duration::from_millis(1200), "{:?}", started.elapsed());
+        assert!(answer.contains("\"completion_tokens\":80"), "{answer}");
+        socket.write_all(b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n").unwrap();
+        assert_eq!(status(&read_answer(&mut socket)), 200);
 
         // A body that stops coming: 408 in OpenAI's shape when body_timeout runs out.
         let started = std::time::Instant::now();
