@@ -5,6 +5,7 @@
 #
 #   bash bench/request_cost.sh                          # this build (~2 minutes)
 #   BASELINE=/tmp/mvllm-old bash bench/request_cost.sh  # and another build, side by side
+#   FRONT_DOOR=0 bash bench/request_cost.sh  # without the client-key and https rows
 #
 # Method: the router (under valgrind) forwards N short chat requests, one at a time on one
 # keep-alive connection, to a simulated server (not under valgrind); once with N=100 and once
@@ -38,12 +39,15 @@ cost() {
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   out="$TMP/$tool.$n.out"
   valgrind --tool="$tool" --"$tool"-out-file="$TMP/$tool.$n.%p" --trace-children=no \
-    "$bin" run --console $flags --host 127.0.0.1 --port "$port" --config "$TMP/servers.toml" \
+    "$bin" run --console $flags --host 127.0.0.1 --port "$port" --config "${CONFIG:-$TMP/servers.toml}" \
     >"$out" 2>"$TMP/$tool.$n.err" &
   local pid=$!
-  python3 - "$port" "$n" <<'PY'
+  python3 - "$port" "$n" "${AUTHZ:-}" <<'PY'
 import http.client, json, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
+headers = {"Content-Type": "application/json"}
+if sys.argv[3]:
+    headers["Authorization"] = sys.argv[3]
 deadline = time.time() + 120
 while True:  # wait until it answers (valgrind starts slowly)
     try:
@@ -56,7 +60,7 @@ while True:  # wait until it answers (valgrind starts slowly)
     time.sleep(0.2)
 body = json.dumps({"model": "mvllm/sim-model", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4})
 for _ in range(n):
-    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    c.request("POST", "/v1/chat/completions", body, headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
@@ -79,3 +83,25 @@ report() {
 echo "== cost of one forwarded request (router only; sim not counted)${ACCESS_LOG:+, access log on}"
 report "this build" "$BIN"
 if [ -n "${BASELINE:-}" ]; then report "baseline" "$BASELINE"; fi
+
+# The front door's options, this build only: a client key with limits (the key compared,
+# the limits checked, its Authorization dropped), and the server behind https:// (rustls
+# over the pooled connection; the sim's own TLS is not counted).
+if [ "${FRONT_DOOR:-1}" = 1 ]; then
+  cp "$TMP/servers.toml" "$TMP/auth.toml"
+  printf '[auth]\nkeys = [{ name = "bench", key = "sk-bench", requests_per_minute = 100000000, max_concurrent_requests = 1000, tokens_per_minute = 1099511627776 }]\n' >> "$TMP/auth.toml"
+  CONFIG=$TMP/auth.toml AUTHZ="Bearer sk-bench" report "client key" "$BIN"
+  (cd "$TMP" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca -keyout ca.key -out ca.pem \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr 2>/dev/null &&
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext.cnf &&
+    openssl x509 -req -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out tls.pem 2>/dev/null)
+  "$BIN" sim --host 127.0.0.1 --port 0 --itl-ms 0 --prefill-us-per-token 0 \
+    --ssl-certfile "$TMP/tls.pem" --ssl-keyfile "$TMP/tls.key" >"$TMP/tls-sim.out" 2>/dev/null &
+  PIDS+=("$!")
+  for _ in $(seq 100); do TLS_SIM=$(grep -o 'https://[0-9.:]*' "$TMP/tls-sim.out" || true); [ -n "$TLS_SIM" ] && break; sleep 0.05; done
+  printf '[servers]\nservers = [{ url = "https://localhost:%s", max_concurrent_requests = 64, ca_file = "%s" }]\n[config]\nmetrics_interval = 3600\nhealth_check_interval = 3600\n' \
+    "${TLS_SIM##*:}" "$TMP/ca.pem" > "$TMP/tls.toml"
+  CONFIG=$TMP/tls.toml report "https server" "$BIN"
+fi

@@ -168,8 +168,8 @@ impl CertReloader {
     /// was put in use.
     pub fn check(&self) -> bool {
         let (Ok(cert), Ok(key)) = (
-            std::fs::read(&self.cert_path),
-            std::fs::read(&self.key_path),
+            crate::config::read_small(&self.cert_path, 1 << 20),
+            crate::config::read_small(&self.key_path, 1 << 20),
         ) else {
             return false; // mid-rename, or gone: keep what is in use
         };

@@ -100,7 +100,7 @@ impl Seen {
             .map(|f| {
                 (
                     f.clone(),
-                    std::fs::read(f)
+                    crate::config::read_small(f, 1 << 20)
                         .ok()
                         .map(|b| xxhash_rust::xxh3::xxh3_64(&b)),
                 )

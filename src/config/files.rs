@@ -38,10 +38,39 @@ pub fn resolve(config: &Path, path: &str) -> PathBuf {
     }
 }
 
+/// The most a key file may hold, and a certificate or key file.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Reads a file the config names: a regular file (a symlink to one, as Kubernetes mounts
+/// secrets, is fine) of at most `limit` bytes, so that a mistake (`/dev/zero`, a FIFO, a huge
+/// file) is an error, not a hang or the memory filled.
+pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "{} is larger than {limit} bytes; is it the right file?",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// A key read from a file: its one line, without surrounding whitespace.
 pub fn secret_from_file(path: &Path) -> Result<SecretKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_small(path, MAX_SECRET_FILE)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not text (UTF-8)", path.display()))?;
     checked_secret(text.trim(), &format!("the file {}", path.display()))
 }
 
@@ -107,7 +136,7 @@ pub struct ServerTls {
 /// The certificates of a PEM file: at least one, each one a certificate rustls and Pingora
 /// can parse (Pingora panics on one it cannot, so it is checked here).
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_small(path, MAX_PEM_FILE)?;
     certificates_in(&bytes).map_err(|why| format!("{}: {why}", path.display()))
 }
 
@@ -128,8 +157,7 @@ fn certificates_in(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 /// A certificate chain and its key, checked to match.
 pub fn cert_and_key(cert_path: &Path, key_path: &Path) -> Result<CertAndKey, String> {
     let chain = certificates(cert_path)?;
-    let key_pem =
-        std::fs::read(key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let key_pem = read_small(key_path, MAX_PEM_FILE)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("{}: holds no PEM private key ({e})", key_path.display()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
@@ -143,7 +171,7 @@ pub fn cert_and_key(cert_path: &Path, key_path: &Path) -> Result<CertAndKey, Str
                 cert_path.display()
             )
         })?;
-    let mut pem = std::fs::read(cert_path).unwrap_or_default();
+    let mut pem = read_small(cert_path, MAX_PEM_FILE)?;
     pem.push(b'\n');
     pem.extend_from_slice(&key_pem);
     Ok(CertAndKey {
@@ -175,6 +203,11 @@ mod tests {
         assert!(secret_from_file(&dir.join("missing"))
             .unwrap_err()
             .contains("cannot read"));
+        assert!(secret_from_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .contains("not a regular file"));
+        std::fs::write(&file, vec![b'a'; 70 * 1024]).unwrap();
+        assert!(secret_from_file(&file).unwrap_err().contains("larger than"));
         assert!(secret_from_env("MVLLM_TEST_SURELY_UNSET_VARIABLE")
             .unwrap_err()
             .contains("not set"));

@@ -476,6 +476,17 @@ impl Kind for Endpoint {
     }
 }
 
+/// `value` if it `fits`, else the error saying what is `allowed`.
+fn allowed_if(fits: bool, value: String, allowed: &str) -> Result<String, ReadError> {
+    if fits {
+        Ok(value)
+    } else {
+        Err(ReadError::NotAllowed(format!(
+            "must be {allowed}, got {value:?}"
+        )))
+    }
+}
+
 /// A name used in logs and metric labels (a client key's): letters, digits, `-`, `_`, `.`.
 pub struct Name;
 
@@ -489,13 +500,7 @@ impl Kind for Name {
         let fits = (1..=64).contains(&v.len())
             && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !fits {
-            return Err(ReadError::NotAllowed(format!(
-                "must be {}, got {v:?}",
-                self.allowed()
-            )));
-        }
-        Ok(Some(v))
+        allowed_if(fits, v, &self.allowed()).map(Some)
     }
     fn allowed(&self) -> String {
         "1 to 64 letters, digits, '-', '_' or '.' (required)".into()
@@ -540,13 +545,7 @@ impl Kind for EnvName {
         }
         let fits = !v.starts_with(|c: char| c.is_ascii_digit())
             && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !fits {
-            return Err(ReadError::NotAllowed(format!(
-                "must be {}, got {v:?}",
-                self.allowed()
-            )));
-        }
-        Ok(Some(v))
+        allowed_if(fits, v, &self.allowed()).map(Some)
     }
     fn allowed(&self) -> String {
         "an environment variable's name (letters, digits, '_'), or \"\" for none".into()

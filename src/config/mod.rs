@@ -33,8 +33,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use files::{
-    cert_and_key as load_cert_and_key, certificates as load_certificates, resolve as resolve_path,
-    CertAndKey, SecretKey, ServerTls,
+    cert_and_key as load_cert_and_key, certificates as load_certificates, read_small,
+    resolve as resolve_path, CertAndKey, SecretKey, ServerTls,
 };
 pub use key::{parse_server_url, KeyInfo, Section, Url};
 pub use sections::{Auth, ClientKeyEntry, Limits, Routing, ServerEntry, Settings, TlsListener};

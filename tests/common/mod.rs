@@ -370,6 +370,13 @@ impl Sim {
 
     /// Starts `mvllm sim --host <host> --port <port> <args>` (another loopback address, say).
     pub async fn start_at(host: &str, port: u16, args: &[&str]) -> Sim {
+        let sim = Sim::spawn(host, port, args).await;
+        sim.wait_healthy().await;
+        sim
+    }
+
+    /// Starts `mvllm sim` and returns once it printed its address.
+    async fn spawn(host: &str, port: u16, args: &[&str]) -> Sim {
         let port = port.to_string();
         let args: Vec<String> = ["sim", "--host", host, "--port", &port]
             .iter()
@@ -380,26 +387,15 @@ impl Sim {
             tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving", &[]))
                 .await
                 .expect("reader thread");
-        let sim = Sim { child, url };
-        sim.wait_healthy().await;
-        sim
+        Sim { child, url }
     }
 
     /// Starts an HTTPS sim (`args` name its certificate); waits until `client` (which trusts
     /// it) gets its /health.
     pub async fn start_tls(args: &[&str], client: reqwest::Client) -> Sim {
-        let args: Vec<String> = ["sim", "--host", "127.0.0.1", "--port", "0"]
-            .iter()
-            .chain(args)
-            .map(|s| s.to_string())
-            .collect();
-        let (child, url, _) =
-            tokio::task::spawn_blocking(move || spawn_with_address(&args, "serving", &[]))
-                .await
-                .expect("reader thread");
+        let mut sim = Sim::spawn("127.0.0.1", 0, args).await;
         // Its certificate names localhost, not the address it prints.
-        let url = url.replace("127.0.0.1", "localhost");
-        let sim = Sim { child, url };
+        sim.url = sim.url.replace("127.0.0.1", "localhost");
         let health = sim.at("/health");
         poll_until(
             format!("sim at {} never became healthy", sim.url),
