@@ -23,8 +23,7 @@ use crate::access::Refused;
 use crate::access_log::AccessLog;
 use crate::api;
 use crate::backend::ServerView;
-use crate::cluster::Cluster;
-use crate::cluster::Snapshot;
+use crate::cluster::{Cluster, Snapshot};
 use crate::config::Limits;
 use crate::context::{Finish, LocalRoute, Outcome, RequestContext};
 use crate::decisions::DecisionLog;
@@ -235,9 +234,7 @@ impl Router {
             tracing::debug!(error = %e, "could not answer the client");
         }
     }
-}
 
-impl Router {
     /// Admits an inference request: its client key, if the router checks keys, and that
     /// key's limits. The key's [`Pass`](crate::access::Pass) goes into the context; the
     /// client's `Authorization` (a key for the router, not the servers) is dropped.
