@@ -62,6 +62,7 @@ pub mod forward;
 pub mod front_door;
 pub mod headers;
 pub mod healthcheck;
+pub mod kv_events;
 pub mod logging;
 pub mod monitor;
 pub mod openai;
