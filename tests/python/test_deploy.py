@@ -252,6 +252,29 @@ def test_the_helm_chart_lints_and_renders_the_plain_manifests(tmp_path):
     assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Service"]
     assert next(d for d in docs if d["kind"] == "Deployment")["spec"]["replicas"] == 4
 
+    # Secrets mounted for key and certificate files, and the TLS listener's port.
+    secured = subprocess.run([tool("helm"), "template", "secure", str(CHART),
+                              "--set", "secretMounts[0].secretName=mvllm-keys",
+                              "--set", "secretMounts[0].mountPath=/etc/mvllm-secrets/keys",
+                              "--set", "secretMounts[1].secretName=mvllm-tls",
+                              "--set", "secretMounts[1].mountPath=/etc/mvllm-secrets/tls",
+                              "--set", "httpsPort=8443"], capture_output=True, text=True)
+    assert secured.returncode == 0, secured.stderr
+    out = tmp_path / "secured.yaml"
+    out.write_text(secured.stdout)
+    result = kubernetes_validate([out])
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(secured.stdout) if d}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for secret, path in [("mvllm-keys", "/etc/mvllm-secrets/keys"), ("mvllm-tls", "/etc/mvllm-secrets/tls")]:
+        assert mounts[path]["readOnly"] is True
+        assert volumes[mounts[path]["name"]]["secret"]["secretName"] == secret
+    assert {"name": "https", "containerPort": 8443, "protocol": "TCP"} in container["ports"]
+    assert any(p["name"] == "https" and p["port"] == 8443 for p in docs["Service"]["spec"]["ports"])
+
 
 def test_the_image_build_stage_runs_and_caches_the_dependencies():
     """The Dockerfile's build stage, run without Docker (scripts/dockerfile_stages.py): a release
