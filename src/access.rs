@@ -144,12 +144,6 @@ impl Access {
         !self.clients.is_empty() && !self.forward_authorization
     }
 
-    /// Whether the client's `Authorization` header is to be dropped before forwarding (it
-    /// was a key for the router, not for the servers).
-    pub fn strips_authorization(&self) -> bool {
-        self.checks_clients()
-    }
-
     pub fn clients(&self) -> &[Arc<Client>] {
         &self.clients
     }

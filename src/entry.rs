@@ -248,11 +248,10 @@ impl Router {
         let Some(client) = access.identify(session.req_header())? else {
             return Ok(());
         };
-        if access.strips_authorization() {
-            session
-                .req_header_mut()
-                .remove_header(&http::header::AUTHORIZATION);
-        }
+        // A key was checked (never with `forward_client_authorization`): it was for the router.
+        session
+            .req_header_mut()
+            .remove_header(&http::header::AUTHORIZATION);
         ctx.client = Some(Arc::clone(&client.name));
         ctx.pass = Some(client.admit(std::time::Instant::now())?);
         Ok(())

@@ -95,25 +95,21 @@ pub struct Seen {
 
 impl Seen {
     pub fn new(text: String, files: &[std::path::PathBuf]) -> Seen {
-        let files = files
-            .iter()
-            .map(|f| {
-                (
-                    f.clone(),
-                    crate::config::read_small(f, 1 << 20)
-                        .ok()
-                        .map(|b| xxhash_rust::xxh3::xxh3_64(&b)),
-                )
-            })
-            .collect();
+        let files = files.iter().map(|f| (f.clone(), content_hash(f))).collect();
         Seen { text, files }
     }
 
     /// The same text, and the same contents of the same files.
     fn unchanged(&self, text: &str) -> bool {
-        let paths: Vec<std::path::PathBuf> = self.files.iter().map(|(p, _)| p.clone()).collect();
-        self.text == text && Seen::new(String::new(), &paths).files == self.files
+        self.text == text && self.files.iter().all(|(f, hash)| content_hash(f) == *hash)
     }
+}
+
+/// A named file's contents, hashed; `None` if it cannot be read.
+fn content_hash(file: &Path) -> Option<u64> {
+    crate::config::read_small(file, 1 << 20)
+        .ok()
+        .map(|b| xxhash_rust::xxh3::xxh3_64(&b))
 }
 
 /// Loads the file if it, or a file it names, differs from `last`; applies it if it is valid.

@@ -203,11 +203,7 @@ impl CacheIndex {
 mod tests {
     use super::*;
     use crate::kv_events::wire::decode_batch;
-
-    const CAPTURE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/kv-events/vllm-0.32-cpu"
-    );
+    use crate::kv_events::wire::tests::{captured, CAPTURE};
 
     fn tokens(name: &str) -> Vec<u32> {
         let text = std::fs::read_to_string(format!("{CAPTURE}/{name}")).unwrap();
@@ -224,23 +220,10 @@ mod tests {
     fn captured_events() -> Vec<Event> {
         (0..2)
             .flat_map(|i| {
-                let bytes = std::fs::read(format!("{CAPTURE}/msg-{i:03}.bin")).unwrap();
-                // The payload is the message's last part (see wire.rs's tests for the format).
-                decode_batch(last_part(&bytes)).unwrap().events
+                let parts = captured(&format!("msg-{i:03}.bin"));
+                decode_batch(&parts[2]).unwrap().events
             })
             .collect()
-    }
-
-    fn last_part(bytes: &[u8]) -> &[u8] {
-        let count = u32::from_be_bytes(bytes[..4].try_into().unwrap());
-        let mut at = 4;
-        let mut last = &bytes[0..0];
-        for _ in 0..count {
-            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            last = &bytes[at + 4..at + 4 + len];
-            at += 4 + len;
-        }
-        last
     }
 
     fn stored(hashes: &[u64], parent: Option<u64>, tokens: &[u32], size: u32) -> Event {

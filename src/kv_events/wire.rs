@@ -350,16 +350,16 @@ pub fn decode_replay_frame(parts: &[&[u8]]) -> Result<Option<(u64, EventBatch)>,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const CAPTURE: &str = concat!(
+    pub(crate) const CAPTURE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/kv-events/vllm-0.32-cpu"
     );
 
     /// A captured message: a 4-byte part count, then each part as a 4-byte length and bytes.
-    fn captured(name: &str) -> Vec<Vec<u8>> {
+    pub(crate) fn captured(name: &str) -> Vec<Vec<u8>> {
         let bytes = std::fs::read(format!("{CAPTURE}/{name}")).unwrap();
         let count = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
         let mut parts = Vec::new();
