@@ -41,6 +41,7 @@ fn main() {
                 kv_cache_usage: None,
                 kv_tokens: None,
                 prefix_cache: None,
+                engines: Default::default(),
             };
             b.state.scrape_succeeded(load, &settings);
         }

@@ -203,30 +203,45 @@ class Procs:
         self.procs = []
 
 
-def start_sims(procs, tmp):
-    urls = []
+def start_sims(procs, tmp, events=False):
+    """The cluster; with `events`, each sim publishes its KV cache events (vLLM's
+    --kv-events-config) and the list holds (url, live endpoint, replay endpoint)."""
+    urls, sources = [], []
     for i, s in enumerate(SERVERS):
         port = free_port()
-        procs.start([str(MVLLM), "sim", "--host", "127.0.0.1", "--port", str(port),
-                     "--model", MODEL, "--itl-ms", str(s["itl_ms"]),
-                     "--prefill-us-per-token", str(s["prefill_us"]),
-                     "--batch-slope", str(BATCH_SLOPE), "--max-num-seqs", str(s["slots"]),
-                     "--num-gpu-blocks", str(s["kv_blocks"]), "--seed", str(i)],
-                    open(tmp / f"sim-{i}.log", "w"))
+        args = [str(MVLLM), "sim", "--host", "127.0.0.1", "--port", str(port),
+                "--model", MODEL, "--itl-ms", str(s["itl_ms"]),
+                "--prefill-us-per-token", str(s["prefill_us"]),
+                "--batch-slope", str(BATCH_SLOPE), "--max-num-seqs", str(s["slots"]),
+                "--num-gpu-blocks", str(s["kv_blocks"]), "--seed", str(i)]
+        if events:
+            live, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            args += ["--kv-events-config", json.dumps({
+                "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": live,
+                "replay_endpoint": replay})]
+            sources.append((live, replay))
+        procs.start(args, open(tmp / f"sim-{i}.log", "w"))
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
         wait_for(url, lambda: get(url + "/health")[0] == 200)
-    return urls
+    return urls, sources
 
 
-def start_router(procs, tmp, router, urls):
+def start_router(procs, tmp, router, urls, sources=(), replica=0):
+    """One router; returns its URL. `mvllm:POLICY+events` follows the sims' KV cache events
+    (`sources`); `mvllm2:…` is two replicas of it (started by the caller, replica 0 and 1)."""
     kind, _, policy = router.partition(":")
+    policy = policy.removesuffix("+events")
     port = free_port()
-    log = open(tmp / f"router-{kind}.log", "w")
-    if kind == "mvllm":
-        servers = ",\n".join(f'  {{ url = "{u}", max_concurrent_requests = {s["slots"]} }}'
-                             for u, s in zip(urls, SERVERS))
-        config = tmp / "servers.toml"
+    log = open(tmp / f"router-{kind}-{replica}.log", "w")
+    if kind in ("mvllm", "mvllm2"):
+        def entry(u, s, source):
+            events = (f', kv_events = "{source[0]}", kv_events_replay = "{source[1]}"'
+                      if source else "")
+            return f'  {{ url = "{u}", max_concurrent_requests = {s["slots"]}{events} }}'
+        servers = ",\n".join(entry(u, s, source) for u, s, source in
+                             zip(urls, SERVERS, list(sources) or [None] * len(urls)))
+        config = tmp / f"servers-{replica}.toml"
         config.write_text(f"[servers]\nservers = [\n{servers}\n]\n[config]\n"
                           f"metrics_interval = 0.5\n[routing]\npolicy = \"{policy}\"\n")
         procs.start([str(MVLLM), "run", "--console", "--no-access-log", "--config", str(config), "--host",
@@ -234,7 +249,14 @@ def start_router(procs, tmp, router, urls):
 
         def ready():
             status, body = get(f"http://127.0.0.1:{port}/health")
-            return status == 200 and json.loads(body).get("healthy_servers") == len(urls)
+            if not (status == 200 and json.loads(body).get("healthy_servers") == len(urls)):
+                return False
+            if not sources:
+                return True
+            # With events: every server's subscription live before the trace starts.
+            _, stats = get(f"http://127.0.0.1:{port}/load-stats")
+            return all((s.get("kv_events") or {}).get("engines", [{}])[0].get("trusted")
+                       for s in json.loads(stats)["servers"])
     elif kind == "nginx":
         (tmp / "nginx" / "logs").mkdir(parents=True, exist_ok=True)
         upstreams = "".join(f"server {u[len('http://'):]};" for u in urls)
@@ -300,17 +322,19 @@ async def one(session, url, body, results):
     results.append((ok and ttft is not None, ttft, e2e))
 
 
-async def replay(url, requests, limit):
+async def replay(urls, requests, limit):
+    """Sends the trace; with several router URLs (replicas), each request to the next one."""
     results = []
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=limit)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
         tasks = []
-        for at, body in requests:
+        for n, (at, body) in enumerate(requests):
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            url = urls[n % len(urls)]
             tasks.append(asyncio.create_task(one(session, url, body, results)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
@@ -327,11 +351,13 @@ def percentile(values, q):
 def run_once(router, workload, duration, seed, tmp):
     procs = Procs()
     try:
-        urls = start_sims(procs, tmp)
-        url = start_router(procs, tmp, router, urls)
+        urls, sources = start_sims(procs, tmp, events=router.endswith("+events"))
+        replicas = 2 if router.startswith("mvllm2:") else 1
+        routers = [start_router(procs, tmp, router, urls, sources, replica)
+                   for replica in range(replicas)]
         before = sim_counters(urls)
         requests = trace(workload, duration, seed)
-        results, wall = asyncio.run(replay(url, requests, limit=duration + 120))
+        results, wall = asyncio.run(replay(routers, requests, limit=duration + 120))
         after = sim_counters(urls)
     finally:
         procs.stop()
@@ -356,8 +382,9 @@ def run_once(router, workload, duration, seed, tmp):
 
 # ---------------------------------------------------------------- report
 
-ROUTERS = ["mvllm:least-load", "mvllm:cache-aware", "mvllm:session", "mvllm:power-of-two",
-           "mvllm:round-robin", "mvllm:random", "nginx", "sglang:cache_aware",
+ROUTERS = ["mvllm:least-load", "mvllm:cache-aware", "mvllm:cache-aware+events",
+           "mvllm:session", "mvllm:power-of-two", "mvllm:round-robin", "mvllm:random",
+           "mvllm2:cache-aware", "mvllm2:cache-aware+events", "nginx", "sglang:cache_aware",
            "sglang:power_of_two", "vllm:cache_aware", "vllm:power_of_two"]
 
 
@@ -441,6 +468,18 @@ def targets(runs):
             row("prefix hits ≥ 90 % of sglang-router's", w,
                 f"{med(w, ours, 'hit_rate') * 100:.0f} % vs {sg * 100:.0f} % "
                 f"({med(w, ours, 'hit_rate') / sg:.2f}×)", med(w, ours, "hit_rate") >= 0.9 * sg)
+    for w in ("c50", "c80", "d50", "d80"):
+        for approx in ("mvllm:cache-aware", "mvllm2:cache-aware"):
+            events = approx + "+events"
+            if med(w, approx, "hit_rate") is None or med(w, events, "hit_rate") is None:
+                continue
+            replicas = "two replicas" if approx.startswith("mvllm2") else "one router"
+            row(f"KV events: more prefix hits and lower TTFT p99 than approximate ({replicas})",
+                w, f"hits {med(w, events, 'hit_rate') * 100:.0f} % vs "
+                f"{med(w, approx, 'hit_rate') * 100:.0f} %; TTFT p99 "
+                f"{med(w, events, 'ttft_p99') * 1e3:.0f} vs {med(w, approx, 'ttft_p99') * 1e3:.0f} ms",
+                med(w, events, "hit_rate") > med(w, approx, "hit_rate")
+                and med(w, events, "ttft_p99") < med(w, approx, "ttft_p99"))
     for w in ("a50", "a80", "a95", "e50"):
         if (w, "nginx") not in s:
             continue

@@ -65,11 +65,12 @@ pub fn health(snapshot: &Snapshot, config_error: Option<&str>) -> (u16, Value) {
 
 /// `GET /load-stats`: each server's scraped load, the router's own in-flight requests to
 /// it, its utilisation (load units over capacity, in percent) and what the stats hub counted.
-pub fn load_stats(snapshot: &Snapshot) -> Value {
+pub fn load_stats(snapshot: &Snapshot, tokenization: &crate::prompt_tokens::Tokenization) -> Value {
     let views: Vec<ServerView> = snapshot.backends.iter().map(ServerView::of).collect();
     let servers: Vec<Value> = views
         .iter()
-        .map(|v| {
+        .zip(&snapshot.backends)
+        .map(|(v, b)| {
             json!({
                 "url": v.url,
                 "discovered_from": v.discovered_from,
@@ -95,6 +96,7 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
                 "load_gap": round2(v.load_gap),
                 "ttft_p50_seconds": v.totals.ttft_p50,
                 "seconds_per_token": v.seconds_per_token.map(|s| (s * 1e6).round() / 1e6),
+                "kv_events": b.state.kv.report(),
                 "detailed_metrics": {
                     "num_requests_running": v.running,
                     "num_requests_waiting": v.waiting,
@@ -119,6 +121,7 @@ pub fn load_stats(snapshot: &Snapshot) -> Value {
             .map(|(model, policy)| (model.to_string(), json!(policy)))
             .collect::<serde_json::Map<_, _>>(),
         "servers": servers,
+        "tokenization": tokenization.report(),
         "summary": {
             "total_servers": views.len(),
             "healthy_servers": healthy.len(),
@@ -284,7 +287,7 @@ mod tests {
         let a = healthy("http://a", 4, &["m"], 2.0);
         let _guard = a.state.start_request();
         let cluster = Cluster::of(vec![a]);
-        let stats = load_stats(&cluster.snapshot());
+        let stats = load_stats(&cluster.snapshot(), cluster.tokenization());
         let s = &stats["servers"][0];
         assert_eq!(s["running"], 2.0);
         assert_eq!(s["router_in_flight"], 1);
@@ -299,7 +302,7 @@ mod tests {
         let guards: Vec<_> = (0..3).map(|_| b.state.start_request()).collect();
         let (score_a, score_b) = (a.score(), b.score());
         let cluster = Cluster::of(vec![a, b]);
-        let stats = load_stats(&cluster.snapshot());
+        let stats = load_stats(&cluster.snapshot(), cluster.tokenization());
         assert_eq!(
             stats["servers"][0]["utilization_percent"],
             round2(score_a * 100.0)

@@ -118,6 +118,8 @@ pub struct ServerState {
     scraped_units: AtomicU64,
     /// How fast it answers, learned from its answers (speed.rs).
     pub speed: Speed,
+    /// What its engines have cached, from its KV cache events (kv_events/).
+    pub kv: crate::kv_events::engines::ServerCaches,
     /// Whether real traffic has taken it out for a while (ejection.rs).
     pub ejection: Ejection,
     /// The models the server serves, from its last good `/v1/models`.
@@ -183,6 +185,7 @@ impl ServerState {
             stats,
             ejection: Ejection::default(),
             speed: Speed::default(),
+            kv: Default::default(),
         }
     }
 
@@ -412,6 +415,8 @@ pub struct ServerView {
     pub load_gap: f64,
     /// Its learned seconds per output token (speed.rs), once learned.
     pub seconds_per_token: Option<f64>,
+    /// Its KV cache event indexes, when its events are followed.
+    pub kv_index: Option<crate::kv_events::engines::KvSummary>,
 }
 
 impl ServerView {
@@ -442,6 +447,7 @@ impl ServerView {
             ejections: state.ejection.total(),
             load_gap: state.load_gap(),
             seconds_per_token: state.speed.seconds_per_token(),
+            kv_index: state.kv.summary(),
         }
     }
 }
@@ -471,6 +477,7 @@ pub(crate) mod tests {
             kv_cache_usage: None,
             kv_tokens: None,
             prefix_cache: None,
+            engines: Default::default(),
         }
     }
 

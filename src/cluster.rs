@@ -26,6 +26,9 @@ use crate::policy::{self, Policies};
 use crate::retry::RetryBudget;
 use crate::stats::Stats;
 
+/// The token cache's budget until the first request reads `[routing] tokenize_cache_mib`.
+const TOKEN_CACHE_BYTES: usize = 16 << 20;
+
 /// The config in force.
 pub struct Snapshot {
     pub backends: Vec<Backend>,
@@ -36,6 +39,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Client keys and the admin key (`[auth]`).
     pub access: Arc<Access>,
+    /// Local tokenizers by model (`[routing] tokenizers`).
+    pub tokenizers: HashMap<String, Arc<crate::prompt_tokens::local::LocalTokenizer>>,
 }
 
 /// The config as written, and the addresses DNS discovery found for its `dns_discovery`
@@ -58,6 +63,8 @@ pub struct Cluster {
     config_error: ArcSwapOption<String>,
     /// Retries of the last seconds, router-wide (it outlives reloads).
     retry_budget: RetryBudget,
+    /// Prompts' token ids for precise prefix routing, and their cache (outlives reloads).
+    tokenization: Arc<crate::prompt_tokens::Tokenization>,
 }
 
 impl Cluster {
@@ -74,11 +81,16 @@ impl Cluster {
             reloads: watch::Sender::new(0),
             config_error: ArcSwapOption::empty(),
             retry_budget: RetryBudget::default(),
+            tokenization: crate::prompt_tokens::Tokenization::new(TOKEN_CACHE_BYTES),
         })
     }
 
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.retry_budget
+    }
+
+    pub fn tokenization(&self) -> &Arc<crate::prompt_tokens::Tokenization> {
+        &self.tokenization
     }
 
     /// Why the last edit of the config file was refused, if the running config is older than
@@ -203,11 +215,13 @@ impl Cluster {
                 routing,
                 limits: Limits::default(),
                 access: Arc::default(),
+                tokenizers: HashMap::new(),
             }),
             stats: Arc::new(Stats::new()),
             reloads: watch::Sender::new(0),
             config_error: ArcSwapOption::empty(),
             retry_budget: RetryBudget::default(),
+            tokenization: crate::prompt_tokens::Tokenization::new(TOKEN_CACHE_BYTES),
         }
     }
 }
@@ -309,6 +323,7 @@ fn build(
         policy,
         limits: config.limits.clone(),
         access: Arc::new(access),
+        tokenizers: config.tokenizers.iter().cloned().collect(),
     })
 }
 

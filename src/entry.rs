@@ -195,7 +195,13 @@ impl Router {
                 respond::json(session, ctx, status, &body).await
             }
             LocalRoute::LoadStats => {
-                respond::json(session, ctx, 200, &api::load_stats(&snapshot)).await
+                respond::json(
+                    session,
+                    ctx,
+                    200,
+                    &api::load_stats(&snapshot, self.cluster.tokenization()),
+                )
+                .await
             }
             LocalRoute::Models => {
                 respond::json(session, ctx, 200, &api::models(&snapshot, allowed)).await

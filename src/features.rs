@@ -38,6 +38,40 @@ pub struct RequestFeatures {
     pub client: Option<IpAddr>,
     /// Where `messages` (chat) or `prompt` (completions) is in `body`: its raw JSON text.
     prompt: Option<Range<usize>>,
+    /// The prompt's token ids as the server will see them, when the policy needs them and
+    /// they could be had (prompt_tokens/).
+    pub tokens: Option<std::sync::Arc<[u32]>>,
+    /// The data-parallel engine the policy chose on the chosen server, if it chose one.
+    pub engine: EngineChoice,
+}
+
+/// A policy's choice of a data-parallel engine on a server (sent as vLLM's
+/// `X-data-parallel-rank`): set while choosing, read when forwarding. (An atomic, so that a
+/// policy can set it through the shared reference it gets.)
+#[derive(Debug, Default)]
+pub struct EngineChoice(std::sync::atomic::AtomicU64);
+
+impl Clone for EngineChoice {
+    fn clone(&self) -> Self {
+        EngineChoice(std::sync::atomic::AtomicU64::new(
+            self.0.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
+impl EngineChoice {
+    /// Records the choice for server `server` (its state id): engine `rank`, or none.
+    pub fn set(&self, server: u32, rank: Option<usize>) {
+        let packed = rank.map_or(0, |r| (u64::from(server) << 32) | (r as u64 + 1));
+        self.0.store(packed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The engine chosen on server `server`, if one was.
+    pub fn on(&self, server: u32) -> Option<u32> {
+        let packed = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let rank = (packed & u64::from(u32::MAX)) as u32;
+        (rank > 0 && (packed >> 32) as u32 == server).then(|| rank - 1)
+    }
 }
 
 impl RequestFeatures {
@@ -275,6 +309,18 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(f.session.as_deref(), Some("c-1"), "the configured header");
+    }
+
+    #[test]
+    fn an_engine_choice_holds_for_its_server_only() {
+        let choice = EngineChoice::default();
+        assert_eq!(choice.on(7), None);
+        choice.set(7, Some(0));
+        assert_eq!((choice.on(7), choice.on(8)), (Some(0), None));
+        let copy = choice.clone();
+        choice.set(8, None);
+        assert_eq!((choice.on(7), choice.on(8)), (None, None), "a new choice");
+        assert_eq!(copy.on(7), Some(0));
     }
 
     #[test]

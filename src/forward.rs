@@ -9,6 +9,8 @@
 //! over Pingora's connection pool (upstream.rs), waits for the response header
 //! (`first_byte_timeout`), and only then commits to that server by writing to the client.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use pingora::connectors::http::v1::Connector;
 use pingora::http::ResponseHeader;
@@ -57,7 +59,7 @@ pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestContext,
     cluster: &Cluster,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     connector: &Connector,
 ) {
     let settings = &snapshot.settings;
@@ -91,6 +93,22 @@ pub async fn forward(
                 .refused(Some(&pass.client.state.stats), Refusal::Model);
             let error = unknown_model(model.unwrap_or_default(), pass.client.models());
             return reject(session, ctx, &error).await;
+        }
+    }
+
+    // The prompt's token ids, for a policy that matches them with servers' KV cache events.
+    if snapshot
+        .policy
+        .for_model(ctx.features.model.as_deref())
+        .uses_prompt_tokens()
+    {
+        let model = ctx.features.model.as_deref();
+        if let Ok(candidates) = policy::eligible(&snapshot.backends, model, |_| false) {
+            let tokenization = cluster.tokenization();
+            let tokens = tokenization
+                .for_request(snapshot, &ctx.features, &candidates)
+                .await;
+            ctx.features.tokens = tokens;
         }
     }
 
@@ -180,7 +198,10 @@ async fn attempt(
         backend,
         &ctx.features.body,
         &ctx.id,
-        ctx.trace.as_ref().and_then(|t| t.traceparent()),
+        headers::AttemptHeaders {
+            traceparent: ctx.trace.as_ref().and_then(|t| t.traceparent()),
+            data_parallel_rank: ctx.features.engine.on(backend.state.id),
+        },
         first_byte_deadline,
     )
     .await;
@@ -320,7 +341,10 @@ async fn resume_stream(
             backend,
             &body,
             &ctx.id,
-            ctx.trace.as_ref().and_then(|t| t.traceparent()),
+            headers::AttemptHeaders {
+                traceparent: ctx.trace.as_ref().and_then(|t| t.traceparent()),
+                data_parallel_rank: ctx.features.engine.on(backend.state.id),
+            },
             first_byte_deadline,
         )
         .await;

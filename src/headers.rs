@@ -86,15 +86,28 @@ impl ServerHeaders {
     }
 }
 
+/// What one attempt adds to the request besides the server's own headers.
+#[derive(Default, Clone, Copy)]
+pub struct AttemptHeaders<'a> {
+    /// When traces are on: names the attempt's span and replaces the client's.
+    pub traceparent: Option<&'a HeaderValue>,
+    /// The data-parallel engine the policy chose (vLLM's `X-data-parallel-rank`); replaces
+    /// the client's.
+    pub data_parallel_rank: Option<u32>,
+}
+
+/// vLLM's header naming the data-parallel engine a request goes to.
+pub const DATA_PARALLEL_RANK: HeaderName = HeaderName::from_static("x-data-parallel-rank");
+
 /// The request as it goes to a server.
-/// `traceparent`, when traces are on, names the attempt's span and replaces the client's.
 pub fn upstream_request(
     original: &RequestHeader,
     server: &ServerHeaders,
     body_len: usize,
     request_id: &RequestId,
-    traceparent: Option<&HeaderValue>,
+    attempt: AttemptHeaders<'_>,
 ) -> RequestHeader {
+    let traceparent = attempt.traceparent;
     let mut headers = HeaderMap::with_capacity(original.headers.len() + 3);
     for (name, value) in original.headers.iter() {
         let name_str = name.as_str();
@@ -108,6 +121,9 @@ pub fn upstream_request(
         if traceparent.is_some() && name == TRACEPARENT {
             continue;
         }
+        if attempt.data_parallel_rank.is_some() && name == DATA_PARALLEL_RANK {
+            continue;
+        }
         headers.append(name.clone(), value.clone());
     }
     headers.insert(HOST, server.host.clone());
@@ -117,6 +133,9 @@ pub fn upstream_request(
     }
     if let Some(key) = &server.authorization {
         headers.insert(AUTHORIZATION, key.clone());
+    }
+    if let Some(rank) = attempt.data_parallel_rank {
+        headers.insert(DATA_PARALLEL_RANK, HeaderValue::from(rank));
     }
     let has_body =
         body_len > 0 || matches!(original.method, Method::POST | Method::PUT | Method::PATCH);
@@ -215,7 +234,14 @@ mod tests {
             original.insert_header(name, value).unwrap();
         }
         original.insert_header("traceparent", "00-client").unwrap();
-        let up = upstream_request(&original, &server(None), 12, &id("id-1"), None);
+        original.insert_header("x-data-parallel-rank", "1").unwrap();
+        let up = upstream_request(
+            &original,
+            &server(None),
+            12,
+            &id("id-1"),
+            AttemptHeaders::default(),
+        );
         let get = |n: &str| up.headers.get(n).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(up.uri.to_string(), "/v1/chat/completions?x=1");
         assert_eq!(get("host").as_deref(), Some("10.0.0.5:8000"));
@@ -237,7 +263,16 @@ mod tests {
         assert!(wire.contains("Host: 10.0.0.5:8000\r\n"), "{wire}");
 
         let ours = HeaderValue::from_static("00-router");
-        let up = upstream_request(&original, &server(Some("k")), 12, &id("id-1"), Some(&ours));
+        let up = upstream_request(
+            &original,
+            &server(Some("k")),
+            12,
+            &id("id-1"),
+            AttemptHeaders {
+                traceparent: Some(&ours),
+                data_parallel_rank: Some(3),
+            },
+        );
         assert_eq!(up.headers.get_all("traceparent").iter().count(), 1);
         assert_eq!(up.headers.get("traceparent").unwrap(), "00-router");
         assert_eq!(
@@ -246,6 +281,12 @@ mod tests {
             "the server's key replaces the client's"
         );
         assert_eq!(up.headers.get("authorization").unwrap(), "Bearer k");
+        assert_eq!(
+            up.headers.get_all("x-data-parallel-rank").iter().count(),
+            1,
+            "the chosen engine replaces one the client named"
+        );
+        assert_eq!(up.headers.get("x-data-parallel-rank").unwrap(), "3");
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub mod openai;
 pub mod policy;
 pub mod poller;
 pub mod probe;
+pub mod prompt_tokens;
 pub mod request_id;
 pub mod respond;
 pub mod resume;

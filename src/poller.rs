@@ -164,7 +164,7 @@ async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at
 
 /// The scraper for one server. A server found by DNS discovery over `https://` is reached at
 /// its address under its entry's host name (which its certificate names).
-fn scraper_for(b: &Backend, timeout: Duration) -> Scraper {
+pub(crate) fn scraper_for(b: &Backend, timeout: Duration) -> Scraper {
     let pinned = match (&b.cfg.tls, &b.cfg.discovered_from) {
         (Some(_), Some(_)) => b
             .cfg
@@ -185,7 +185,7 @@ fn scraper_for(b: &Backend, timeout: Duration) -> Scraper {
 
 /// Where the server's own endpoints are read: its URL, or for a server found by DNS discovery
 /// over `https://`, its entry's host name (pinned to its address by the scraper).
-fn scrape_base(b: &Backend) -> std::borrow::Cow<'_, str> {
+pub(crate) fn scrape_base(b: &Backend) -> std::borrow::Cow<'_, str> {
     match (&b.cfg.tls, &b.cfg.discovered_from) {
         (Some(tls), Some(_)) => format!("https://{}:{}", tls.server_name, b.cfg.port).into(),
         _ => b.cfg.url.as_str().into(),

@@ -245,6 +245,10 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         "poller",
         Poller::new(Arc::clone(&cluster)),
     ));
+    server.add_service(background_service(
+        "kv cache events",
+        crate::kv_events::subscriber::KvSubscriber::new(Arc::clone(&cluster)),
+    ));
     let watcher = ConfigWatcher::new(&path, Arc::clone(&cluster), loaded_text);
     server.add_service(background_service("config watcher", watcher));
     let (stopped, wait_stopped) = mpsc::channel();

@@ -46,6 +46,37 @@ pub struct LoadSample {
     /// Prompt tokens looked up in the prefix cache, and of those found there, since the
     /// server started (vLLM's `prefix_cache_queries_total` / `prefix_cache_hits_total`).
     pub prefix_cache: Option<PrefixCacheCounters>,
+    /// Each data-parallel engine's load, by the series' `engine` label.
+    pub engines: EngineLoads,
+}
+
+/// Engines whose load is kept apart (ranks past it count only in the server's totals).
+pub const MAX_ENGINES: usize = 8;
+
+/// The load of each data-parallel engine of a server: running + 0.5 × waiting for ranks
+/// `0..count` (vLLM labels each engine's series `engine="N"`). `count` is 0 when the series
+/// carry no `engine` label.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineLoads {
+    pub units: [f32; MAX_ENGINES],
+    pub count: u8,
+}
+
+impl EngineLoads {
+    fn add(&mut self, labels: &str, units: f64) {
+        let Some(rank) = label(labels, "engine").and_then(|r| r.parse::<usize>().ok()) else {
+            return;
+        };
+        if rank < MAX_ENGINES {
+            self.units[rank] += units as f32;
+            self.count = self.count.max(rank as u8 + 1);
+        }
+    }
+
+    /// Engine `rank`'s load, if it was reported.
+    pub fn of(&self, rank: usize) -> Option<f64> {
+        (rank < usize::from(self.count)).then(|| f64::from(self.units[rank]))
+    }
 }
 
 /// A server's prefix-cache counters, in tokens, summed over engines.
@@ -153,6 +184,7 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
     let mut kv_tokens = Sum::default();
     let mut prefix_queries = Sum::default();
     let mut prefix_hits = Sum::default();
+    let mut engines = EngineLoads::default();
 
     for line in text.split('\n') {
         let line = line.trim_start();
@@ -171,8 +203,14 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
         };
         flavor.get_or_insert(line_flavor);
         match field {
-            Field::Running => running.add(value),
-            Field::Waiting => waiting.add(value),
+            Field::Running => {
+                running.add(value);
+                engines.add(&line[name_end..], value);
+            }
+            Field::Waiting => {
+                waiting.add(value);
+                engines.add(&line[name_end..], 0.5 * value);
+            }
             Field::KvUsage => kv.add(value),
             Field::KvUsageV0 => kv_v0.add(value),
             Field::CacheConfig => {
@@ -207,6 +245,7 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
             queries: prefix_queries.total,
             hits: prefix_hits.total,
         }),
+        engines,
     })
 }
 
@@ -314,6 +353,7 @@ impl LoadSample {
             kv_cache_usage: None,
             kv_tokens: None,
             prefix_cache: None,
+            engines: EngineLoads::default(),
         }
     }
 }
@@ -381,7 +421,29 @@ impl Scraper {
     }
 
     async fn get(&self, url: &str, api_key: Option<&str>) -> Result<bytes::Bytes, ScrapeError> {
-        let mut request = self.client.get(url);
+        self.send(self.client.get(url), api_key).await
+    }
+
+    /// POSTs a JSON body to `url` (a server's `/tokenize`) and returns the answer's body.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        api_key: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<bytes::Bytes, ScrapeError> {
+        let request = self
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(request, api_key).await
+    }
+
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        api_key: Option<&str>,
+    ) -> Result<bytes::Bytes, ScrapeError> {
         if let Some(key) = api_key {
             request = request.bearer_auth(key);
         }
@@ -569,6 +631,18 @@ vllm:kv_cache_usage_perc_created{engine=\"0\"} 1.7e9
         assert_eq!(s.running, 6.0);
         assert_eq!(s.waiting, 4.0);
         assert_eq!(s.kv_cache_usage, Some(0.5));
+        // Per engine: running + 0.5 × waiting, by the `engine` label (the unlabelled
+        // series count only in the totals).
+        assert_eq!(s.engines.count, 3);
+        assert_eq!(
+            (
+                s.engines.of(0),
+                s.engines.of(1),
+                s.engines.of(2),
+                s.engines.of(3)
+            ),
+            (Some(2.0), Some(3.0), Some(2.0), None)
+        );
     }
 
     #[test]

@@ -707,8 +707,59 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         "mvllm_server_seconds_per_token",
         "The server's learned time per output token, from the answers it gave (smoothed).",
     );
+    let kv_bytes = gauge(
+        "mvllm_kv_index_bytes",
+        "Memory of the server's KV cache event index (all its engines), by the budget's count.",
+    );
+    let kv_budget = gauge(
+        "mvllm_kv_index_budget_bytes",
+        "The server's KV cache event index budget (kv_index_budget_mib).",
+    );
+    let kv_blocks = gauge(
+        "mvllm_kv_index_blocks",
+        "KV cache blocks the server's engines hold, as their events tell.",
+    );
+    let kv_trusted = gauge(
+        "mvllm_kv_engines_trusted",
+        "The server's engines whose KV event index is used for routing now.",
+    );
+    let kv_counter = |name: &str, help: &str| {
+        prometheus::IntCounterVec::new(Opts::new(name, help), &["server"])
+            .expect("counter names and labels are valid constants")
+    };
+    let kv_events = kv_counter(
+        "mvllm_kv_events_total",
+        "KV cache events received from the server (live and replayed).",
+    );
+    let kv_gaps = kv_counter(
+        "mvllm_kv_event_gaps_total",
+        "Gaps in the server's KV event sequence numbers.",
+    );
+    let kv_replays = kv_counter(
+        "mvllm_kv_event_replays_total",
+        "Gaps filled from the server's KV event replay socket.",
+    );
+    let kv_lost = kv_counter(
+        "mvllm_kv_events_lost_total",
+        "Times KV events were lost for good (the index was cleared and rebuilt).",
+    );
+    let kv_restarts = kv_counter(
+        "mvllm_kv_event_restarts_total",
+        "Times the server's KV event publisher started again (its index was cleared).",
+    );
     for v in views {
         let label = [v.url.as_str()];
+        if let Some(kv) = v.kv_index {
+            kv_bytes.with_label_values(&label).set(kv.bytes as f64);
+            kv_budget.with_label_values(&label).set(kv.budget as f64);
+            kv_blocks.with_label_values(&label).set(kv.blocks as f64);
+            kv_trusted.with_label_values(&label).set(kv.trusted as f64);
+            kv_events.with_label_values(&label).inc_by(kv.events);
+            kv_gaps.with_label_values(&label).inc_by(kv.gaps);
+            kv_replays.with_label_values(&label).inc_by(kv.replays);
+            kv_lost.with_label_values(&label).inc_by(kv.lost);
+            kv_restarts.with_label_values(&label).inc_by(kv.restarts);
+        }
         if let Some(s) = v.seconds_per_token {
             speed.with_label_values(&label).set(s);
         }
@@ -750,7 +801,14 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         ejected,
         gap,
         speed,
+        kv_bytes,
+        kv_budget,
+        kv_blocks,
+        kv_trusted,
     ] {
+        families.extend(vec.collect());
+    }
+    for vec in [kv_events, kv_gaps, kv_replays, kv_lost, kv_restarts] {
         families.extend(vec.collect());
     }
     families.extend(active_gauge.collect());

@@ -84,7 +84,7 @@ pub async fn request(
     backend: &Backend,
     body: &Bytes,
     request_id: &RequestId,
-    traceparent: Option<&http::HeaderValue>,
+    attempt: headers::AttemptHeaders<'_>,
     first_byte_deadline: tokio::time::Instant,
 ) -> Result<Answer, NoAnswer> {
     let url = &backend.cfg.url;
@@ -114,7 +114,7 @@ pub async fn request(
         &backend.headers,
         body.len(),
         request_id,
-        traceparent,
+        attempt,
     );
     let send = async {
         upstream.write_request_header(Box::new(header)).await?;

@@ -444,6 +444,33 @@ impl ModelPolicies {
     }
 }
 
+/// A table of model names to paths, e.g. `{ "llama-70b" = "/models/llama-70b" }`.
+pub struct ModelPaths;
+
+impl Kind for ModelPaths {
+    type Value = Vec<(String, String)>;
+    fn default_value(&self) -> Self::Value {
+        Vec::new()
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Self::Value, ReadError> {
+        let table: std::collections::BTreeMap<String, String> = typed(value)?;
+        Ok(table.into_iter().collect())
+    }
+    fn allowed(&self) -> String {
+        "a table of model = folder, e.g. { \"llama-70b\" = \"/models/llama-70b\" }".into()
+    }
+    fn show(&self, value: &Self::Value) -> String {
+        if value.is_empty() {
+            return "none".into();
+        }
+        let pairs: Vec<String> = value
+            .iter()
+            .map(|(m, p)| format!("{m:?} = {p:?}"))
+            .collect();
+        format!("{{ {} }}", pairs.join(", "))
+    }
+}
+
 /// An optional HTTP endpoint of a collector: `http://HOST[:PORT][/PATH]`.
 pub struct Endpoint;
 
@@ -470,6 +497,38 @@ impl Kind for Endpoint {
     }
     fn allowed(&self) -> String {
         "http://HOST[:PORT][/PATH], e.g. \"http://127.0.0.1:4318\", or \"\" for none".into()
+    }
+    fn show(&self, value: &Option<String>) -> String {
+        value.clone().unwrap_or_else(|| "none".into())
+    }
+}
+
+/// A ZeroMQ TCP endpoint to connect to, `tcp://HOST:PORT` (vLLM's KV cache events), or none.
+pub struct ZmqEndpoint;
+
+impl Kind for ZmqEndpoint {
+    type Value = Option<String>;
+    fn default_value(&self) -> Option<String> {
+        None
+    }
+    fn read(&self, value: &Spanned<DeValue<'_>>) -> Result<Option<String>, ReadError> {
+        let v: String = typed(value)?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let fits = v
+            .strip_prefix("tcp://")
+            .and_then(|rest| rest.rsplit_once(':'))
+            .is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && host != "*"
+                    && !host.contains(['/', ' '])
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+        allowed_if(fits, v, &self.allowed()).map(Some)
+    }
+    fn allowed(&self) -> String {
+        "tcp://HOST:PORT, e.g. \"tcp://10.0.0.5:5557\", or \"\" for none".into()
     }
     fn show(&self, value: &Option<String>) -> String {
         value.clone().unwrap_or_else(|| "none".into())

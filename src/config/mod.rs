@@ -60,6 +60,42 @@ pub struct ServerConfig {
     pub discovered_from: Option<String>,
     /// For an `https://` server: how it is reached.
     pub tls: Option<ServerTls>,
+    /// Its KV cache events and their replay socket, when set on the server itself
+    /// (`[routing] kv_events_port` applies to the others: see [`ServerConfig::kv_events`]).
+    pub kv_events: Option<String>,
+    pub kv_events_replay: Option<String>,
+}
+
+/// Where a server's KV cache events are read (engine 0's; engine N's ports are N higher).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEventsSource {
+    pub live: String,
+    pub replay: Option<String>,
+}
+
+impl ServerConfig {
+    /// Where its KV cache events are, if anywhere: its own `kv_events`, else `[routing]`'s
+    /// ports on its host.
+    pub fn kv_events(&self, routing: &Routing) -> Option<KvEventsSource> {
+        let on_host = |port: u16| {
+            (port > 0).then(|| {
+                if self.host.contains(':') {
+                    format!("tcp://[{}]:{port}", self.host)
+                } else {
+                    format!("tcp://{}:{port}", self.host)
+                }
+            })
+        };
+        let live = self
+            .kv_events
+            .clone()
+            .or_else(|| on_host(routing.kv_events_port))?;
+        let replay = self
+            .kv_events_replay
+            .clone()
+            .or_else(|| on_host(routing.kv_events_replay_port));
+        Some(KvEventsSource { live, replay })
+    }
 }
 
 /// A client key of `[auth] keys`, with the key itself read (from the config, a file or the
@@ -120,6 +156,8 @@ macro_rules! config_with_tables {
             pub files: Vec<PathBuf>,
             /// Keys of the Python mvllm that are accepted but have no effect here, with why.
             pub ignored: Vec<Ignored>,
+            /// `[routing] tokenizers`, loaded.
+            pub tokenizers: Vec<(String, std::sync::Arc<crate::prompt_tokens::local::LocalTokenizer>)>,
         }
 
         impl Config {
@@ -136,6 +174,7 @@ macro_rules! config_with_tables {
                     admin_key: None,
                     files: Vec::new(),
                     ignored: Vec::new(),
+                    tokenizers: Vec::new(),
                 }
             }
 
@@ -327,6 +366,8 @@ impl Source<'_> {
                     dns_discovery: entry_keys.dns_discovery,
                     discovered_from: None,
                     tls,
+                    kv_events: entry_keys.kv_events,
+                    kv_events_replay: entry_keys.kv_events_replay,
                 });
             }
         }
@@ -448,6 +489,36 @@ impl Source<'_> {
                 ),
             )),
         }
+    }
+
+    /// `[routing] tokenizers`, each loaded from its folder.
+    fn tokenizers(
+        &self,
+        routing: &Routing,
+        table: &DeTable<'_>,
+        fallback: usize,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<
+        Vec<(
+            String,
+            std::sync::Arc<crate::prompt_tokens::local::LocalTokenizer>,
+        )>,
+        ConfigError,
+    > {
+        let offset = Source::offset_of(table, "tokenizers", fallback);
+        routing
+            .tokenizers
+            .iter()
+            .map(|(model, folder)| {
+                let dir = files::resolve(self.path, folder);
+                let (tokenizer, read) = crate::prompt_tokens::local::LocalTokenizer::load(&dir)
+                    .map_err(|why| {
+                        self.at(offset, &format!("routing.tokenizers.{model:?}"), why)
+                    })?;
+                files.extend(read);
+                Ok((model.clone(), std::sync::Arc::new(tokenizer)))
+            })
+            .collect()
     }
 
     /// `[auth]`'s client keys, each read with its secret.
@@ -623,6 +694,11 @@ impl Config {
                 "tls" => {
                     config.read_table(&source, name, table)?;
                     source.tls_listener(&config.tls, table, start)?;
+                }
+                "routing" => {
+                    config.read_table(&source, name, table)?;
+                    config.tokenizers =
+                        source.tokenizers(&config.routing, table, start, &mut files)?;
                 }
                 _ => {
                     config.read_table(&source, name, table)?;
@@ -843,6 +919,57 @@ health_check_consecutive_failures = 3
         let c = parse("").unwrap();
         assert!(c.servers.is_empty());
         assert_eq!(c.settings, Settings::default());
+    }
+
+    #[test]
+    fn kv_events_per_server_or_by_port_and_their_mistakes() {
+        let c = parse(
+            "[servers]\nservers = [{ url = \"http://a:8000\" }, { url = \"http://[::1]:8000\" }, \
+             { url = \"http://c:8000\", kv_events = \"tcp://10.0.0.9:6000\" }]\n\
+             [routing]\nkv_events_port = 5557\nkv_events_replay_port = 5558\n",
+        )
+        .unwrap();
+        let sources: Vec<_> = c.servers.iter().map(|s| s.kv_events(&c.routing)).collect();
+        assert_eq!(
+            sources[0],
+            Some(KvEventsSource {
+                live: "tcp://a:5557".into(),
+                replay: Some("tcp://a:5558".into())
+            })
+        );
+        assert_eq!(sources[1].as_ref().unwrap().live, "tcp://[::1]:5557");
+        assert_eq!(
+            sources[2],
+            Some(KvEventsSource {
+                live: "tcp://10.0.0.9:6000".into(),
+                replay: Some("tcp://c:5558".into())
+            }),
+            "its own endpoint wins"
+        );
+        let none = parse("[servers]\nservers = [{ url = \"http://a:8000\" }]\n").unwrap();
+        assert_eq!(
+            none.servers[0].kv_events(&none.routing),
+            None,
+            "off by default"
+        );
+        let bad = parse(
+            "[servers]\nservers = [{ url = \"http://a:8000\", kv_events = \"tcp://*:5557\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("line 2, key servers.servers[0].kv_events: must be tcp://HOST:PORT"),
+            "{bad}"
+        );
+        let missing = parse("[routing]\ntokenizers = { m = \"/nonexistent\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains(
+                "line 2, key routing.tokenizers.\"m\": cannot read /nonexistent/tokenizer.json"
+            ),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use super::key::{
-    section, DnsServer, Endpoint, EnvName, FilePath, Flag, Header, ListenAddress, ModelPolicies,
-    Models, Name, Number, OneOf, Seconds, Secret, ServerUrl, TableList, Url, Whole,
+    section, DnsServer, Endpoint, EnvName, FilePath, Flag, Header, ListenAddress, ModelPaths,
+    ModelPolicies, Models, Name, Number, OneOf, Seconds, Secret, ServerUrl, TableList, Url, Whole,
+    ZmqEndpoint,
 };
 
 section! {
@@ -33,6 +34,13 @@ section! {
         client_cert_file: Option<String> = FilePath,
         /// The private key (PEM) of `client_cert_file`.
         client_key_file: Option<String> = FilePath,
+        /// The server's KV cache events (its `--kv-events-config` `endpoint`, as the router
+        /// reaches it): `tcp://HOST:PORT`; data-parallel engine N publishes on PORT + N.
+        /// Overrides `[routing] kv_events_port`.
+        kv_events: Option<String> = ZmqEndpoint,
+        /// The server's KV event replay socket (`replay_endpoint`), `tcp://HOST:PORT`, for
+        /// fetching events the router missed. Overrides `[routing] kv_events_replay_port`.
+        kv_events_replay: Option<String> = ZmqEndpoint,
     }
 }
 
@@ -208,5 +216,25 @@ section! {
         /// How long the `cache-aware` policy remembers a prefix that no request used, in
         /// seconds (servers evict by cache pressure too; the index follows their KV size).
         cache_idle_seconds: f64 = Number { default: 3600.0, min: 1.0, max: 604800.0 },
+        /// Subscribe to every server's KV cache events on this port of its host (vLLM's
+        /// `--kv-events-config` `endpoint` port); 0: only servers with their own `kv_events`.
+        /// The `cache-aware` policy then knows exactly what each server has cached.
+        kv_events_port: u16 = Whole { default: 0, min: 0, max: 65535 },
+        /// The port of every server's KV event replay socket (`replay_endpoint`); 0: none.
+        kv_events_replay_port: u16 = Whole { default: 0, min: 0, max: 65535 },
+        /// The most memory the KV cache event index of one server takes, in MiB (all its
+        /// data-parallel engines together); past it new blocks are not recorded.
+        kv_index_budget_mib: f64 = Number { default: 16.0, min: 0.25, max: 65536.0 },
+        /// How long to wait for a server's `/tokenize` when the `cache-aware` policy needs a
+        /// prompt's token ids and no local tokenizer is configured; past it, the request is
+        /// routed on the approximate estimate.
+        tokenize_timeout: Duration = Seconds { default: 0.5, min: 0.01 },
+        /// The most memory the cache of prompts' token ids (from servers' `/tokenize`) takes,
+        /// in MiB.
+        tokenize_cache_mib: f64 = Number { default: 16.0, min: 0.25, max: 65536.0 },
+        /// Local tokenizers, `{ "MODEL" = "FOLDER" }`: the folder holds the model's
+        /// `tokenizer.json` and `tokenizer_config.json` (its chat template); prompts of that
+        /// model are tokenized in the router instead of by a server's `/tokenize`.
+        tokenizers: Vec<(String, String)> = ModelPaths,
     }
 }

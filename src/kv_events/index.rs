@@ -85,6 +85,16 @@ impl CacheIndex {
         }
     }
 
+    /// Changes the budget (a reload); blocks already recorded past it stay until removed.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.max_blocks = budget / BYTES_PER_BLOCK;
+    }
+
+    /// The budget, in bytes.
+    pub fn budget(&self) -> usize {
+        self.max_blocks * BYTES_PER_BLOCK
+    }
+
     /// Blocks recorded.
     pub fn len(&self) -> usize {
         self.by_vllm.len()

@@ -7,10 +7,12 @@
 //!   tokens; how long a prefix of a prompt is cached.
 //! - `sequence`: a publisher's sequence numbers: in order, a gap to replay, a restart.
 //!
-//! Still to come (see the issue): the ZeroMQ subscriber per server and rank with replay, the
-//! config keys, tokenizing requests, the cache-aware policy's use of the index, per-engine
-//! routing, and the sim publishing its cache's events.
+//! - `engines`: a server's engines' indexes, their subscriptions' counters, and whether each
+//!   index is trusted now.
+//! - `subscriber`: the background service that follows every server's events.
 
+pub mod engines;
 pub mod index;
 pub mod sequence;
+pub mod subscriber;
 pub mod wire;

@@ -1,8 +1,7 @@
-//! A publisher's live sequence numbers, as a subscriber sees them: in order, with a gap
-//! (messages were lost: fetch them from the replay socket), or going back (the publisher
-//! started again: the server restarted, its cache is gone, and so is what the index knew).
-//! Replayed messages come on their own socket, for a range the subscriber asked for, and are
-//! not observed here.
+//! A publisher's live sequence numbers, as a subscriber sees them: in order, a gap (messages
+//! were lost: fetch them from the replay socket), one already applied from a replay, or going
+//! back (the publisher started again: the server restarted, its cache is gone, and so is what
+//! the index knew).
 
 /// What a live message's sequence number says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,35 +10,24 @@ pub enum Next {
     InOrder,
     /// Messages `from..to` were missed; this one is `to`.
     Gap { from: u64, to: u64 },
-    /// Not above the last one: the publisher numbers from 0 again.
+    /// Already applied: it came in the replay made when subscribing.
+    Duplicate,
+    /// Below what was expected and not from the replay: the publisher numbers from 0 again.
     Restarted,
 }
 
-/// The next sequence number expected from one publisher.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Sequence {
-    next: Option<u64>,
-}
-
-impl Sequence {
-    /// Takes a live message's sequence number.
-    pub fn observe(&mut self, seq: u64) -> Next {
-        let verdict = match self.next {
-            None => Next::InOrder,
-            Some(next) if seq == next => Next::InOrder,
-            Some(next) if seq > next => Next::Gap {
-                from: next,
-                to: seq,
-            },
-            Some(_) => Next::Restarted,
-        };
-        self.next = Some(seq.wrapping_add(1));
-        verdict
-    }
-
-    /// The next number expected, if any message was seen.
-    pub fn expected(&self) -> Option<u64> {
-        self.next
+/// Classifies live message `seq` when `expected` is the next number expected (none: nothing
+/// seen yet) and the replay made on subscribing started at `replayed_from`.
+pub fn classify(expected: Option<u64>, seq: u64, replayed_from: Option<u64>) -> Next {
+    match expected {
+        None => Next::InOrder,
+        Some(next) if seq == next => Next::InOrder,
+        Some(next) if seq > next => Next::Gap {
+            from: next,
+            to: seq,
+        },
+        Some(_) if replayed_from.is_some_and(|from| seq >= from) => Next::Duplicate,
+        Some(_) => Next::Restarted,
     }
 }
 
@@ -48,18 +36,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn in_order_gaps_and_restarts() {
-        let mut s = Sequence::default();
-        assert_eq!(s.observe(5), Next::InOrder, "the first one seen");
-        assert_eq!(s.observe(6), Next::InOrder);
-        assert_eq!(s.observe(9), Next::Gap { from: 7, to: 9 });
-        assert_eq!(s.expected(), Some(10));
+    fn in_order_gaps_duplicates_and_restarts() {
+        assert_eq!(classify(None, 5, None), Next::InOrder, "the first one seen");
+        assert_eq!(classify(Some(6), 6, None), Next::InOrder);
+        assert_eq!(classify(Some(7), 9, None), Next::Gap { from: 7, to: 9 });
         assert_eq!(
-            s.observe(3),
-            Next::Restarted,
-            "a restarted publisher seen mid-way"
+            classify(Some(10), 8, Some(4)),
+            Next::Duplicate,
+            "published while the replay was answered: in both"
         );
-        assert_eq!(s.observe(4), Next::InOrder);
-        assert_eq!(s.observe(0), Next::Restarted);
+        assert_eq!(classify(Some(10), 3, Some(4)), Next::Restarted);
+        assert_eq!(classify(Some(10), 0, None), Next::Restarted);
     }
 }

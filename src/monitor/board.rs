@@ -233,6 +233,7 @@ pub(crate) mod tests {
             ejections: 0,
             load_gap: 0.0,
             seconds_per_token: None,
+            kv_index: None,
         }
     }
 

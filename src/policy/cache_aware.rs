@@ -5,8 +5,10 @@
 //! is busier makes the request wait. Both are put in one unit, the expected time to first
 //! token in decode steps of the fastest candidate, so there is no threshold to tune: a cached
 //! server wins while its saving is larger than its extra wait, and loses to an idle one as soon
-//! as it is not. What each server holds comes from the prefix index (prefix_index.rs), fed by
-//! the requests this policy routes.
+//! as it is not. What each server holds comes from its KV cache events when they are followed
+//! and the request's token ids are known (kv_events/, prompt_tokens/): exactly, per
+//! data-parallel engine. Otherwise, and for a server whose event index is not trusted right
+//! now, from the prefix index (prefix_index.rs), fed by the requests this policy routes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,13 +59,14 @@ impl CacheAware {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Each candidate's expected time to first token, the prompt, and how deep each server
-    /// holding some of it matches.
+    /// Each candidate's expected time to first token (and, where its events say exactly, the
+    /// engine that gives it), the prompt, and how deep each server holding some of it matches
+    /// in the approximate index.
     fn estimate(
         &self,
         candidates: &[&Backend],
         request: &RequestFeatures,
-    ) -> (Vec<f64>, Prompt, Vec<(u32, usize)>) {
+    ) -> (Vec<Cost>, Prompt, Vec<(u32, usize)>) {
         // Hashing the prompt needs no lock.
         let prompt = Prompt::of(request);
         let depths = self.index().matched(&prompt.hashes);
@@ -71,13 +74,70 @@ impl CacheAware {
         let costs = candidates
             .iter()
             .map(|b| {
+                if let Some(precise) = precise_ttft(b, &relative, request) {
+                    return precise;
+                }
                 let depth = depth_of(&depths, b.state.id);
-                expected_ttft(b, &relative, prompt.tokens, prompt.cached_tokens(depth))
+                let cost = expected_ttft(b, &relative, prompt.tokens, prompt.cached_tokens(depth));
+                (cost, None)
             })
             .collect();
         (costs, prompt, depths)
     }
 }
+
+/// The expected time to first token on `backend` from its KV cache events: for each engine
+/// whose index is trusted, with the prompt tokens it holds and its own share of the load; the
+/// best engine, and its rank. `None` when the request's tokens are not known or no engine's
+/// index is trusted (then the approximate estimate is used).
+fn precise_ttft(backend: &Backend, relative: &Relative, request: &RequestFeatures) -> Option<Cost> {
+    let tokens = request.tokens.as_deref()?;
+    let lora = lora_of(backend, request.model.as_deref());
+    let engines = backend.state.kv.cached_prefixes(tokens, lora)?;
+    let sample = backend.state.load.load();
+    let loads = sample.as_ref().map(|s| s.engines).unwrap_or_default();
+    let count = usize::from(loads.count).max(engines.len()).max(1);
+    let total_units: f64 = (0..count).filter_map(|r| loads.of(r)).sum();
+    let units = backend.load_units();
+    let capacity = f64::from(backend.cfg.max_concurrent_requests.max(1)) / count as f64;
+    let prompt = tokens.len() as f64;
+    engines
+        .into_iter()
+        .map(|(rank, cached)| {
+            // The engine's share of the server's load (the router's own count included).
+            let share = match loads.of(rank) {
+                Some(own) if total_units > 0.0 => own / total_units,
+                _ => 1.0 / count as f64,
+            };
+            let cost = ttft_at(
+                backend,
+                relative,
+                units * share,
+                capacity,
+                prompt,
+                cached as f64,
+            );
+            (cost, (count > 1).then_some(rank))
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The LoRA adapter a request for `model` uses on `backend`: the model itself when the
+/// server lists it with a parent (vLLM keys an adapter's cached blocks by its name).
+fn lora_of<'a>(backend: &Backend, model: Option<&'a str>) -> Option<&'a str> {
+    let model = model?;
+    backend
+        .state
+        .models
+        .load()
+        .iter()
+        .any(|m| m.id == model && m.card.get("parent").is_some_and(|p| !p.is_null()))
+        .then_some(model)
+}
+
+/// A candidate's expected time to first token, and the data-parallel engine that gives it
+/// (when its KV cache events say which).
+type Cost = (f64, Option<usize>);
 
 /// A request's prompt as the index sees it.
 struct Prompt {
@@ -124,7 +184,27 @@ pub fn expected_ttft(
     cached_tokens: f64,
 ) -> f64 {
     let capacity = f64::from(backend.cfg.max_concurrent_requests.max(1));
-    let utilisation = (backend.load_units() + 1.0) / capacity;
+    ttft_at(
+        backend,
+        relative,
+        backend.load_units(),
+        capacity,
+        prompt_tokens,
+        cached_tokens,
+    )
+}
+
+/// [`expected_ttft`] for a load of `load_units` on a capacity of `capacity` (a server's, or
+/// one data-parallel engine's share).
+fn ttft_at(
+    backend: &Backend,
+    relative: &Relative,
+    load_units: f64,
+    capacity: f64,
+    prompt_tokens: f64,
+    cached_tokens: f64,
+) -> f64 {
+    let utilisation = (load_units + 1.0) / capacity.max(1e-9);
     let prefill = (prompt_tokens - cached_tokens).max(0.0) * PREFILL_STEPS_PER_TOKEN;
     let answer = backend
         .state
@@ -142,7 +222,12 @@ impl Policy for CacheAware {
 
     fn pick<'a>(&self, candidates: &[&'a Backend], request: &RequestFeatures) -> &'a Backend {
         let (costs, prompt, depths) = self.estimate(candidates, request);
-        let chosen = super::lowest(candidates, |i| costs[i]);
+        let chosen = super::lowest(candidates, |i| costs[i].0);
+        let rank = candidates
+            .iter()
+            .position(|b| std::ptr::eq(*b, chosen))
+            .and_then(|i| costs[i].1);
+        request.engine.set(chosen.state.id, rank);
         let sample = chosen.state.load.load();
         let kv_chunks = sample
             .as_ref()
@@ -164,7 +249,15 @@ impl Policy for CacheAware {
     }
 
     fn scores(&self, candidates: &[&Backend], request: &RequestFeatures) -> Vec<f64> {
-        self.estimate(candidates, request).0
+        self.estimate(candidates, request)
+            .0
+            .into_iter()
+            .map(|(cost, _)| cost)
+            .collect()
+    }
+
+    fn uses_prompt_tokens(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {

@@ -49,6 +49,12 @@ pub trait Policy: Send + Sync {
         self.name().to_string()
     }
 
+    /// Whether it compares the request's prompt token ids with the servers' KV cache events
+    /// (the router then tokenizes the prompt when some server's events are followed).
+    fn uses_prompt_tokens(&self) -> bool {
+        false
+    }
+
     /// The prefix index, for a policy that keeps one: a reload hands it to the new policy.
     fn prefix_index(&self) -> Option<&Arc<Mutex<PrefixIndex>>> {
         None

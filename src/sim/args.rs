@@ -64,6 +64,16 @@ pub struct SimArgs {
     /// vLLM always has them).
     #[arg(long)]
     pub enable_metrics: bool,
+    /// Publish KV cache events over ZeroMQ, as vLLM's --kv-events-config (the same JSON:
+    /// `{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557",
+    /// "replay_endpoint": "tcp://*:5558"}`; data-parallel engine N uses each port + N).
+    #[arg(long, value_name = "JSON")]
+    pub kv_events_config: Option<String>,
+    /// Tokenize prompts with a real model's tokenizer: a folder holding its tokenizer.json and
+    /// tokenizer_config.json (chat template), as vLLM's --tokenizer. Without it, a stand-in
+    /// tokenizer (about four bytes a token) and a ChatML-like template are used.
+    #[arg(long, value_name = "FOLDER")]
+    pub tokenizer: Option<std::path::PathBuf>,
 
     /// Decode step time with one running request, in milliseconds (inter-token latency).
     #[arg(long, default_value_t = 10.0, help_heading = "Simulation")]
@@ -128,6 +138,10 @@ pub struct SimConfig {
     pub engine: SimEngine,
     /// Whether /metrics is served (always for vLLM; SGLang's `--enable-metrics`).
     pub serve_metrics: bool,
+    /// KV cache events, when on.
+    pub kv_events: Option<super::kv_publisher::KvEventsConfig>,
+    /// The model's tokenizer (`--tokenizer`), if given.
+    pub tokenizer: Option<std::sync::Arc<crate::prompt_tokens::local::LocalTokenizer>>,
     /// HTTPS: (certificate chain, key, CAs for client certificates).
     pub tls: Option<(
         std::path::PathBuf,
@@ -175,6 +189,18 @@ impl SimArgs {
             .validate()
             .map_err(|e| format!("--fault-{}", e.replacen('_', "-", 2)))?;
 
+        let kv_events = match &self.kv_events_config {
+            Some(json) => super::kv_publisher::KvEventsConfig::parse(json)?,
+            None => None,
+        };
+        let tokenizer = match &self.tokenizer {
+            Some(dir) => Some(std::sync::Arc::new(
+                crate::prompt_tokens::local::LocalTokenizer::load(dir)
+                    .map_err(|e| format!("--tokenizer: {e}"))?
+                    .0,
+            )),
+            None => None,
+        };
         let served_model_names = if self.served_model_name.is_empty() {
             vec![self.model.clone()]
         } else {
@@ -221,6 +247,8 @@ impl SimArgs {
             faults: self.faults,
             engine: self.engine,
             serve_metrics: self.engine == SimEngine::Vllm || self.enable_metrics,
+            kv_events,
+            tokenizer,
             tls: self
                 .ssl_certfile
                 .zip(self.ssl_keyfile)

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::metrics::{EngineMetrics, FinishedReason, SimMetrics};
 use super::scheduler::{Scheduler, SeqRequest, StepReport};
+use crate::kv_events::wire::Event;
 
 /// How long engine steps take.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,8 @@ pub struct EngineShape {
 pub struct GenRequest {
     pub prompt_len: usize,
     pub prompt_hashes: Vec<u64>,
+    /// The prompt's tokens (for KV cache events).
+    pub prompt_tokens: Arc<[u32]>,
     pub output_len: u32,
     /// Counted in `vllm:request_success_total` when the request completes.
     pub finish: FinishedReason,
@@ -72,6 +75,8 @@ enum Command {
         arrived: Instant,
     },
     Abort(u64),
+    /// Forget every cached prefix; answers whether it could (no request holds blocks).
+    ResetPrefixCache(tokio::sync::oneshot::Sender<bool>),
 }
 
 struct EngineHandle {
@@ -90,24 +95,30 @@ pub struct Engines {
 
 impl Engines {
     /// Starts one engine task per entry of `metrics`' engines on the current tokio runtime.
-    /// `slowdown` multiplies every step's time (f64 bits; the sim's `slowdown` fault).
+    /// `slowdown` multiplies every step's time (f64 bits; the sim's `slowdown` fault). With
+    /// KV cache events on, `kv_events` has one channel per engine, to its publisher; each
+    /// step's events go there as one batch.
     pub fn start(
         count: usize,
         shape: EngineShape,
         cost: StepCost,
         metrics: &SimMetrics,
         slowdown: Arc<AtomicU64>,
+        kv_events: &[mpsc::UnboundedSender<Vec<Event>>],
     ) -> Self {
         let engines = (0..count)
             .map(|index| {
                 let (commands, inbox) = mpsc::unbounded_channel();
                 let outstanding = Arc::new(AtomicUsize::new(0));
+                let mut scheduler =
+                    Scheduler::new(shape.max_num_seqs, shape.num_gpu_blocks, shape.block_size);
+                let kv_events = kv_events.get(index).cloned();
+                if kv_events.is_some() {
+                    scheduler.kv_cache_mut().record_events();
+                }
                 let driver = Driver {
-                    scheduler: Scheduler::new(
-                        shape.max_num_seqs,
-                        shape.num_gpu_blocks,
-                        shape.block_size,
-                    ),
+                    scheduler,
+                    kv_events,
                     inbox,
                     cost,
                     slowdown: Arc::clone(&slowdown),
@@ -129,8 +140,34 @@ impl Engines {
         }
     }
 
+    /// How many engines there are (vLLM's data-parallel size).
+    pub fn count(&self) -> usize {
+        self.engines.len()
+    }
+
+    /// Asks every engine to forget its cached prefixes; true if all could.
+    pub async fn reset_prefix_cache(&self) -> bool {
+        let mut all = true;
+        for engine in &self.engines {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let _ = engine.commands.send(Command::ResetPrefixCache(answer));
+            all &= answered.await.unwrap_or(false);
+        }
+        all
+    }
+
     /// Queues a request on the least busy engine (as vLLM's data-parallel front end does).
     pub fn submit(&self, request: GenRequest) -> Generation {
+        self.submit_to(request, None)
+    }
+
+    /// Queues a request on engine `rank` (vLLM's `X-data-parallel-rank` header; the caller
+    /// checked it is below [`Engines::count`]), or with `None` on the least busy engine.
+    pub fn submit_to(&self, request: GenRequest, rank: Option<usize>) -> Generation {
+        if let Some(engine) = rank.and_then(|r| self.engines.get(r)) {
+            engine.outstanding.fetch_add(1, Relaxed);
+            return self.queue(engine, request);
+        }
         let engine = {
             // Choosing and counting are one step, so that requests arriving together on
             // different threads do not all see the same "least busy" engine. (A std mutex:
@@ -144,6 +181,10 @@ impl Engines {
             engine.outstanding.fetch_add(1, Relaxed);
             engine
         };
+        self.queue(engine, request)
+    }
+
+    fn queue(&self, engine: &EngineHandle, request: GenRequest) -> Generation {
         let id = self.next_id.fetch_add(1, Relaxed);
         let (events_tx, events) = mpsc::unbounded_channel();
         let sent = engine.commands.send(Command::Submit {
@@ -151,6 +192,7 @@ impl Engines {
                 id,
                 prompt_len: request.prompt_len,
                 prompt_hashes: request.prompt_hashes,
+                prompt_tokens: request.prompt_tokens,
                 output_len: request.output_len.max(1),
             },
             finish: request.finish,
@@ -226,6 +268,8 @@ struct LiveRequest {
 /// The task that owns one engine's scheduler.
 struct Driver {
     scheduler: Scheduler,
+    /// Where each step's KV cache events go, when they are on.
+    kv_events: Option<mpsc::UnboundedSender<Vec<Event>>>,
     inbox: mpsc::UnboundedReceiver<Command>,
     cost: StepCost,
     slowdown: Arc<AtomicU64>,
@@ -265,6 +309,7 @@ impl Driver {
                 clock
             };
             let report = self.scheduler.step();
+            self.send_kv_events();
             self.publish_gauges();
             let slowdown = f64::from_bits(self.slowdown.load(Relaxed));
             let end = start
@@ -302,6 +347,21 @@ impl Driver {
                 self.scheduler.submit(request);
             }
             Command::Abort(id) => self.abort(id),
+            Command::ResetPrefixCache(answer) => {
+                let done = self.scheduler.kv_cache_mut().reset_prefix_cache();
+                self.send_kv_events();
+                let _ = answer.send(done);
+            }
+        }
+    }
+
+    /// Hands the events of the step (or reset) just done to the publisher, as one batch.
+    fn send_kv_events(&mut self) {
+        if let Some(publisher) = &self.kv_events {
+            let events = self.scheduler.kv_cache_mut().take_events();
+            if !events.is_empty() {
+                let _ = publisher.send(events);
+            }
         }
     }
 
@@ -391,13 +451,17 @@ mod tests {
             prefill_per_token: Duration::ZERO,
         };
         let slowdown = Arc::new(AtomicU64::new(1f64.to_bits()));
-        (Engines::start(1, shape, cost, &metrics, slowdown), metrics)
+        (
+            Engines::start(1, shape, cost, &metrics, slowdown, &[]),
+            metrics,
+        )
     }
 
     fn request(output_len: u32) -> GenRequest {
         GenRequest {
             prompt_len: 10,
             prompt_hashes: vec![],
+            prompt_tokens: Arc::from([]),
             output_len,
             finish: FinishedReason::Length,
         }

@@ -97,6 +97,14 @@ pub struct Faults {
     /// requests), as if the server had been restarted with another model.
     #[arg(long = "fault-models", value_delimiter = ',', num_args = 1.., value_name = "NAMES")]
     pub models: Option<Vec<String>>,
+    /// Fraction (0..1) of KV cache event messages not sent (kept for replay), as if the
+    /// network or a full queue lost them.
+    #[arg(
+        long = "fault-kv-events-drop-rate",
+        default_value_t = 0.0,
+        value_name = "FRACTION"
+    )]
+    pub kv_events_drop_rate: f64,
 }
 
 impl Default for Faults {
@@ -114,6 +122,7 @@ impl Default for Faults {
             metrics_lag_ms: 0,
             slowdown: 1.0,
             models: None,
+            kv_events_drop_rate: 0.0,
         }
     }
 }
@@ -125,6 +134,7 @@ impl Faults {
             ("error_rate", self.error_rate),
             ("hang_rate", self.hang_rate),
             ("close_rate", self.close_rate),
+            ("kv_events_drop_rate", self.kv_events_drop_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be between 0 and 1, got {rate}"));
@@ -212,6 +222,17 @@ impl FaultState {
         let faults: Faults = serde_json::from_value(merged).map_err(|e| e.to_string())?;
         self.set(faults.clone())?;
         Ok(faults)
+    }
+
+    /// Whether the next KV cache event message is dropped (`kv_events_drop_rate`).
+    pub fn drop_kv_event(&self) -> bool {
+        let rate = self.current.load().kv_events_drop_rate;
+        if rate <= 0.0 {
+            return false;
+        }
+        let n = self.sequence.fetch_add(1, Relaxed);
+        let x = splitmix64(self.seed ^ splitmix64(n) ^ 4);
+        ((x >> 11) as f64 / (1u64 << 53) as f64) < rate
     }
 
     /// Decides the fate of the next inference request.

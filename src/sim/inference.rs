@@ -35,8 +35,8 @@ use crate::openai::ApiError;
 const MAX_CHOICES: usize = 128;
 
 /// One prompt, tokenized.
-struct PromptTokens {
-    tokens: Vec<u32>,
+pub struct PromptTokens {
+    pub tokens: Vec<u32>,
 }
 
 /// What one choice generates.
@@ -171,6 +171,10 @@ async fn handle(
         Err(response) => return response,
     };
     let request_id = client_request_id(&headers).unwrap_or_else(|| state.random_id());
+    let rank = match data_parallel_rank(&headers, state.engines.count()) {
+        Ok(rank) => rank,
+        Err(error) => return with_request_id(error.into_response(), &request_id),
+    };
     let planned = match endpoint {
         Endpoint::Chat => plan_chat(&state, &request_id, body),
         Endpoint::Completions => plan_completion(&state, &request_id, body),
@@ -185,11 +189,30 @@ async fn handle(
     };
     let response = match planned {
         Ok((answer, requests, streaming)) => {
-            respond(&state, answer, requests, streaming, cut, kill).await
+            respond(&state, answer, requests, rank, streaming, cut, kill).await
         }
         Err(error) => error.into_response(),
     };
     with_request_id(response, &request_id)
+}
+
+/// The engine a request asks for with vLLM's `X-data-parallel-rank` header: a number below
+/// the data-parallel size, else 400 (as vLLM answers).
+fn data_parallel_rank(headers: &HeaderMap, engines: usize) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get("x-data-parallel-rank") else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        Some(rank) if rank < engines => Ok(Some(rank)),
+        _ => Err(ApiError::bad_request(format!(
+            "X-data-parallel-rank must be a data parallel rank from 0 to {}",
+            engines - 1
+        ))),
+    }
 }
 
 /// (what to answer, what to generate, whether to stream)
@@ -224,30 +247,8 @@ fn plan_chat(
     let body = body_bytes(body)?;
     let request: ChatRequest = parse_json(&body)?;
     let model = state.resolve_model(request.model.as_deref())?;
-    let messages = request
-        .messages
-        .ok_or_else(|| ApiError::bad_request("Field required: messages").with_param("messages"))?;
-    if messages.is_empty() {
-        return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
-    }
-    let mut texts = Vec::with_capacity(messages.len());
-    for message in &messages {
-        texts.push((message.role.as_str(), message_text(&message.content)?));
-    }
-    let continue_final = request.continue_final_message.unwrap_or(false);
-    if continue_final && texts.last().is_none_or(|(role, _)| *role != "assistant") {
-        return Err(ApiError::bad_request(
-            "continue_final_message is set, but the last message is not an assistant message",
-        )
-        .with_param("continue_final_message"));
-    }
-    let prompt = chat_prompt_with(
-        texts.iter().map(|(role, text)| (*role, text.as_str())),
-        request.add_generation_prompt.unwrap_or(true),
-        continue_final,
-    );
     let prompts = vec![PromptTokens {
-        tokens: tokenize(&prompt),
+        tokens: chat_tokens(state, &body, &request)?,
     }];
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     let streaming = Streaming::new(request.stream, request.stream_options.as_ref());
@@ -273,6 +274,58 @@ fn plan_chat(
     Ok((answer, requests, streaming))
 }
 
+/// The prompt text of a chat request: its messages through the (simulated) chat template,
+/// with vLLM's `add_generation_prompt` and `continue_final_message`.
+pub fn chat_text(request: &ChatRequest) -> Result<String, ApiError> {
+    let messages = request
+        .messages
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("Field required: messages").with_param("messages"))?;
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
+    }
+    let mut texts = Vec::with_capacity(messages.len());
+    for message in messages {
+        texts.push((message.role.as_str(), message_text(&message.content)?));
+    }
+    let continue_final = request.continue_final_message.unwrap_or(false);
+    if continue_final && texts.last().is_none_or(|(role, _)| *role != "assistant") {
+        return Err(ApiError::bad_request(
+            "continue_final_message is set, but the last message is not an assistant message",
+        )
+        .with_param("continue_final_message"));
+    }
+    Ok(chat_prompt_with(
+        texts.iter().map(|(role, text)| (*role, text.as_str())),
+        request.add_generation_prompt.unwrap_or(true),
+        continue_final,
+    ))
+}
+
+/// A chat's prompt tokens: with `--tokenizer`, the model's chat template and tokenizer (as
+/// the router's local tokenizer makes them); else the stand-in template and tokenizer.
+pub fn chat_tokens(
+    state: &SimState,
+    body: &[u8],
+    request: &ChatRequest,
+) -> Result<Vec<u32>, ApiError> {
+    match &state.cfg.tokenizer {
+        Some(local) => crate::prompt_tokens::tokenize_body(local, body)
+            .map_err(|why| ApiError::bad_request(format!("The prompt cannot be tokenized: {why}"))),
+        None => Ok(tokenize(&chat_text(request)?)),
+    }
+}
+
+/// A text prompt's tokens (with the model's tokenizer under `--tokenizer`).
+fn text_tokens(state: &SimState, text: &str) -> Result<Vec<u32>, ApiError> {
+    match &state.cfg.tokenizer {
+        Some(local) => local
+            .encode(text, true)
+            .map_err(|why| ApiError::bad_request(format!("The prompt cannot be tokenized: {why}"))),
+        None => Ok(tokenize(text)),
+    }
+}
+
 fn plan_completion(
     state: &SimState,
     request_id: &str,
@@ -284,7 +337,7 @@ fn plan_completion(
     let prompt = request
         .prompt
         .ok_or_else(|| ApiError::bad_request("Field required: prompt").with_param("prompt"))?;
-    let prompts = prompt_list(prompt, "prompt")?;
+    let prompts = prompt_list(state, prompt, "prompt")?;
     let streaming = Streaming::new(request.stream, request.stream_options.as_ref());
     let wanted = Wanted::completion(request.logprobs)?;
     let (mut answer, requests) = plan_generation(
@@ -334,17 +387,19 @@ fn plan_responses(
 }
 
 /// Splits a prompt or input into its tokenized prompts (a batch has several).
-fn prompt_list(prompt: Prompt, param: &str) -> Result<Vec<PromptTokens>, ApiError> {
+pub fn prompt_list(
+    state: &SimState,
+    prompt: Prompt,
+    param: &str,
+) -> Result<Vec<PromptTokens>, ApiError> {
     let prompts: Vec<PromptTokens> = match prompt {
         Prompt::Text(text) => vec![PromptTokens {
-            tokens: tokenize(&text),
+            tokens: text_tokens(state, &text)?,
         }],
         Prompt::Texts(texts) => texts
             .iter()
-            .map(|t| PromptTokens {
-                tokens: tokenize(t),
-            })
-            .collect(),
+            .map(|t| text_tokens(state, t).map(|tokens| PromptTokens { tokens }))
+            .collect::<Result<_, _>>()?,
         Prompt::Tokens(tokens) => vec![PromptTokens { tokens }],
         Prompt::TokenLists(lists) => lists
             .into_iter()
@@ -421,6 +476,7 @@ fn plan_generation(
         };
         let key = prompt_key(&prompt.tokens);
         let hashes = prefix_block_hashes(&prompt.tokens, cfg.shape.block_size);
+        let tokens: std::sync::Arc<[u32]> = prompt.tokens.as_slice().into();
         answer.prompt_tokens += prompt_len;
         for choice in 0..n {
             answer.choices.push(ChoicePlan {
@@ -431,6 +487,7 @@ fn plan_generation(
             requests.push(GenRequest {
                 prompt_len,
                 prompt_hashes: hashes.clone(),
+                prompt_tokens: std::sync::Arc::clone(&tokens),
                 output_len,
                 finish,
             });
@@ -443,13 +500,14 @@ async fn respond(
     state: &SimState,
     answer: Answer,
     requests: Vec<GenRequest>,
+    rank: Option<usize>,
     streaming: Streaming,
     cut: Option<u32>,
     kill: Option<ConnKill>,
 ) -> Response {
     let generations: Vec<Generation> = requests
         .into_iter()
-        .map(|r| state.engines.submit(r))
+        .map(|r| state.engines.submit_to(r, rank))
         .collect();
     if streaming.enabled {
         return stream_answer(answer, generations, streaming, cut, kill);
@@ -788,7 +846,7 @@ async fn embed(
     let input = request
         .input
         .ok_or_else(|| ApiError::bad_request("Field required: input").with_param("input"))?;
-    let inputs = prompt_list(input, "input")?;
+    let inputs = prompt_list(state, input, "input")?;
     let cfg = &state.cfg;
     if inputs.len() > 2048 {
         return Err(ApiError::bad_request("input may hold at most 2048 items").with_param("input"));
@@ -809,6 +867,7 @@ async fn embed(
             state.engines.submit(GenRequest {
                 prompt_len: input.tokens.len(),
                 prompt_hashes: prefix_block_hashes(&input.tokens, cfg.shape.block_size),
+                prompt_tokens: input.tokens.as_slice().into(),
                 output_len: 1,
                 finish: FinishedReason::Stop,
             })

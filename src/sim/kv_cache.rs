@@ -12,6 +12,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::kv_events::wire::Event;
+
 /// Index of a block in the cache.
 pub type BlockId = u32;
 
@@ -58,6 +60,9 @@ pub struct KvCache {
     by_hash: HashMap<u64, BlockId>,
     clock: u64,
     in_use: usize,
+    /// With KV cache events on: what changed since the engine last took them, as vLLM reports
+    /// it (blocks stored with their tokens, blocks evicted, the cache cleared).
+    events: Option<Vec<Event>>,
 }
 
 impl KvCache {
@@ -72,7 +77,35 @@ impl KvCache {
             by_hash: HashMap::new(),
             clock: 0,
             in_use: 0,
+            events: None,
         }
+    }
+
+    /// Turns KV cache events on: from now on every stored and evicted block is reported.
+    pub fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events since the last call (none when events are off).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Forgets every cached prefix (vLLM's `reset_prefix_cache`). Refused (false) while a
+    /// request holds blocks, as vLLM refuses it.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.in_use > 0 {
+            return false;
+        }
+        for (_, id) in std::mem::take(&mut self.evictable) {
+            self.blocks[id as usize].hash = None;
+            self.empty.push(id);
+        }
+        self.by_hash.clear();
+        if let Some(events) = &mut self.events {
+            events.push(Event::AllBlocksCleared);
+        }
+        true
     }
 
     pub fn block_size(&self) -> usize {
@@ -115,11 +148,13 @@ impl KvCache {
     }
 
     /// Reserves blocks for a request of `total_tokens` tokens whose prompt has `prompt_len`
-    /// tokens and full-block hashes `prompt_hashes`. Returns `None`, changing nothing, when the
-    /// free space (empty plus evictable blocks) is too small.
+    /// tokens and full-block hashes `prompt_hashes` (`prompt_tokens` are its tokens, for the
+    /// events). Returns `None`, changing nothing, when the free space (empty plus evictable
+    /// blocks) is too small.
     pub fn allocate(
         &mut self,
         prompt_hashes: &[u64],
+        prompt_tokens: &[u32],
         prompt_len: usize,
         total_tokens: usize,
     ) -> Option<Allocation> {
@@ -151,6 +186,7 @@ impl KvCache {
                 if let std::collections::hash_map::Entry::Vacant(slot) = self.by_hash.entry(hash) {
                     slot.insert(id);
                     self.blocks[id as usize].hash = Some(hash);
+                    self.stored(prompt_hashes, prompt_tokens, index);
                 }
             }
             self.take_ref(id);
@@ -204,8 +240,49 @@ impl KvCache {
             .expect("allocate() checked there is a free block");
         if let Some(hash) = self.blocks[id as usize].hash.take() {
             self.by_hash.remove(&hash);
+            if let Some(events) = &mut self.events {
+                match events.last_mut() {
+                    Some(Event::BlockRemoved { block_hashes, .. }) => block_hashes.push(hash),
+                    _ => events.push(Event::BlockRemoved {
+                        block_hashes: vec![hash],
+                        medium: Some("GPU".into()),
+                    }),
+                }
+            }
         }
         id
+    }
+
+    /// Reports prompt block `index` as stored: appended to the `BlockStored` just before it
+    /// when that one ends with the block's parent (one event per run of blocks, as vLLM sends).
+    fn stored(&mut self, hashes: &[u64], tokens: &[u32], index: usize) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        let size = self.block_size;
+        let block_tokens = tokens.get(index * size..(index + 1) * size).unwrap_or(&[]);
+        let parent = index.checked_sub(1).map(|i| hashes[i]);
+        if let Some(Event::BlockStored {
+            block_hashes,
+            token_ids,
+            ..
+        }) = events.last_mut()
+        {
+            if parent.is_some() && block_hashes.last() == parent.as_ref() {
+                block_hashes.push(hashes[index]);
+                token_ids.extend_from_slice(block_tokens);
+                return;
+            }
+        }
+        events.push(Event::BlockStored {
+            block_hashes: vec![hashes[index]],
+            parent_block_hash: parent,
+            token_ids: block_tokens.to_vec(),
+            block_size: size as u32,
+            lora_id: None,
+            medium: Some("GPU".into()),
+            lora_name: None,
+        });
     }
 }
 
@@ -233,14 +310,14 @@ mod tests {
         let mut kv = KvCache::new(10, 4);
         let p = prompt(1, 8);
         let h = prefix_block_hashes(&p, 4);
-        let first = kv.allocate(&h, 8, 12).unwrap();
+        let first = kv.allocate(&h, &[], 8, 12).unwrap();
         assert_eq!(first.cached_tokens, 0);
         assert_eq!(kv.blocks_in_use(), 3);
 
         let mut longer = p.clone();
         longer.extend([7, 7, 7, 7]);
         let h2 = prefix_block_hashes(&longer, 4);
-        let second = kv.allocate(&h2, 12, 16).unwrap();
+        let second = kv.allocate(&h2, &[], 12, 16).unwrap();
         assert_eq!(second.cached_tokens, 8);
         assert_eq!(&second.blocks[..2], &first.blocks[..2]);
         assert_eq!(kv.blocks_in_use(), 5, "two shared blocks plus two new ones");
@@ -251,21 +328,21 @@ mod tests {
         let mut kv = KvCache::new(10, 4);
         let p = prompt(2, 8);
         let h = prefix_block_hashes(&p, 4);
-        let a = kv.allocate(&h, 8, 9).unwrap();
+        let a = kv.allocate(&h, &[], 8, 9).unwrap();
         kv.release(&a.blocks);
-        let b = kv.allocate(&h, 8, 9).unwrap();
+        let b = kv.allocate(&h, &[], 8, 9).unwrap();
         assert_eq!(b.cached_tokens, 4);
     }
 
     #[test]
     fn refuses_without_changing_anything_when_full() {
         let mut kv = KvCache::new(3, 4);
-        let a = kv.allocate(&[], 0, 8).unwrap();
-        assert!(kv.allocate(&[], 0, 8).is_none());
+        let a = kv.allocate(&[], &[], 0, 8).unwrap();
+        assert!(kv.allocate(&[], &[], 0, 8).is_none());
         assert_eq!(kv.blocks_in_use(), 2);
         kv.release(&a.blocks);
         assert_eq!(kv.blocks_in_use(), 0);
-        assert!(kv.allocate(&[], 0, 12).is_some());
+        assert!(kv.allocate(&[], &[], 0, 12).is_some());
     }
 
     #[test]
@@ -273,19 +350,19 @@ mod tests {
         let mut kv = KvCache::new(4, 4);
         let (pa, pb) = (prompt(1, 8), prompt(2, 8));
         let (ha, hb) = (prefix_block_hashes(&pa, 4), prefix_block_hashes(&pb, 4));
-        let a = kv.allocate(&ha, 8, 8).unwrap();
+        let a = kv.allocate(&ha, &[], 8, 8).unwrap();
         kv.release(&a.blocks);
-        let b = kv.allocate(&hb, 8, 8).unwrap();
+        let b = kv.allocate(&hb, &[], 8, 8).unwrap();
         kv.release(&b.blocks);
         assert_eq!(kv.blocks_in_use(), 0);
 
         // Two new blocks must come from the cached ones: A's were released first.
-        let c = kv.allocate(&[], 0, 8).unwrap();
+        let c = kv.allocate(&[], &[], 0, 8).unwrap();
         kv.release(&c.blocks);
-        let b_again = kv.allocate(&hb, 8, 9).unwrap();
+        let b_again = kv.allocate(&hb, &[], 8, 9).unwrap();
         assert_eq!(b_again.cached_tokens, 4, "B's prefix survived");
         kv.release(&b_again.blocks);
-        let a_again = kv.allocate(&ha, 8, 8).unwrap();
+        let a_again = kv.allocate(&ha, &[], 8, 8).unwrap();
         assert_eq!(a_again.cached_tokens, 0, "A's prefix was evicted");
     }
 
@@ -294,11 +371,59 @@ mod tests {
         let mut kv = KvCache::new(2, 4);
         let p = prompt(3, 8);
         let h = prefix_block_hashes(&p, 4);
-        let a = kv.allocate(&h, 8, 8).unwrap();
+        let a = kv.allocate(&h, &[], 8, 8).unwrap();
         kv.release(&a.blocks);
         // Needs 3 blocks: 1 cached hit (revived from evictable) + 2 new; only 1 other is free.
-        assert!(kv.allocate(&h, 8, 12).is_none());
+        assert!(kv.allocate(&h, &[], 8, 12).is_none());
         assert_eq!(kv.blocks_in_use(), 0);
-        assert!(kv.allocate(&h, 8, 8).is_some());
+        assert!(kv.allocate(&h, &[], 8, 8).is_some());
+    }
+
+    #[test]
+    fn events_report_stored_runs_evictions_and_resets() {
+        let mut kv = KvCache::new(3, 4);
+        kv.record_events();
+        let tokens: Vec<u32> = (1..=9).collect();
+        let h = prefix_block_hashes(&tokens, 4);
+        let a = kv.allocate(&h, &tokens, 9, 9).unwrap();
+        let events = kv.take_events();
+        assert_eq!(
+            events,
+            vec![Event::BlockStored {
+                block_hashes: h.clone(),
+                parent_block_hash: None,
+                token_ids: tokens[..8].to_vec(),
+                block_size: 4,
+                lora_id: None,
+                medium: Some("GPU".into()),
+                lora_name: None,
+            }],
+            "one event for the run of full blocks; the partial third block is not cached"
+        );
+        kv.release(&a.blocks);
+        // A prompt of other tokens needs every block: both cached ones are evicted.
+        let other: Vec<u32> = (100..108).collect();
+        let ho = prefix_block_hashes(&other, 4);
+        let b = kv.allocate(&ho, &other, 8, 12).unwrap();
+        // Each eviction is reported before the block is filled again.
+        let mut removed = Vec::new();
+        let mut stored = Vec::new();
+        for event in kv.take_events() {
+            match event {
+                Event::BlockRemoved { block_hashes, .. } => removed.extend(block_hashes),
+                Event::BlockStored { block_hashes, .. } => stored.extend(block_hashes),
+                Event::AllBlocksCleared => panic!("no reset here"),
+            }
+        }
+        removed.sort_unstable();
+        let mut old = h.clone();
+        old.sort_unstable();
+        assert_eq!(removed, old);
+        assert_eq!(stored, ho);
+        assert!(!kv.reset_prefix_cache(), "refused while blocks are in use");
+        kv.release(&b.blocks);
+        assert!(kv.reset_prefix_cache());
+        assert_eq!(kv.take_events(), vec![Event::AllBlocksCleared]);
+        assert_eq!(kv.allocate(&ho, &other, 8, 8).unwrap().cached_tokens, 0);
     }
 }

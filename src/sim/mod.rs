@@ -15,6 +15,8 @@
 //! - `inference`: the chat, completion and embedding handlers.
 //! - `server`: connections, routes, API key, the small endpoints.
 //! - `faults`: fault injection for reliability tests.
+//! - `kv_publisher`: KV cache events over ZeroMQ, as vLLM's `--kv-events-config`.
+//! - `tokenize`: `/tokenize` (the engines' own token ids) and `/reset_prefix_cache`.
 //! - `metrics`: vLLM's Prometheus families; `lagged`: the same, served late on purpose.
 
 pub mod args;
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod faults;
 pub mod inference;
 pub mod kv_cache;
+pub mod kv_publisher;
 pub mod lagged;
 pub mod logprobs;
 pub mod metrics;
@@ -29,6 +32,7 @@ pub mod protocol;
 pub mod responses;
 pub mod scheduler;
 pub mod server;
+pub mod tokenize;
 pub mod tokenizer;
 pub mod tools;
 
@@ -67,7 +71,20 @@ pub async fn bind(
         Some((cert, key, client_ca)) => Some(tls_acceptor(cert, key, client_ca.as_deref())?),
         None => None,
     };
-    let state = server::SimState::start(cfg);
+    let faults = std::sync::Arc::new(faults::FaultState::new(cfg.faults.clone(), cfg.seed));
+    let kv_events = match &cfg.kv_events {
+        Some(kv) => {
+            let (senders, endpoints) =
+                kv_publisher::start(kv, cfg.engines, std::sync::Arc::clone(&faults)).await?;
+            for (rank, endpoint) in endpoints.iter().enumerate() {
+                // Scripts with port 0 read the endpoints from here.
+                println!("mvllm sim: KV cache events of engine {rank} on {endpoint}");
+            }
+            senders
+        }
+        None => Vec::new(),
+    };
+    let state = server::SimState::start(cfg, faults, &kv_events);
     let serving = server::serve(listener, tls, server::router(state), std::future::pending());
     Ok((address, serving))
 }

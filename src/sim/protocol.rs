@@ -23,7 +23,7 @@ pub struct ChatMessage {
     pub content: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ChatRequest {
     #[serde(default)]
     pub model: Option<String>,

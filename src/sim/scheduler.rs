@@ -8,6 +8,7 @@
 //! The engine driver (engine.rs) turns each step's work into a duration and real time.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::kv_cache::{BlockId, KvCache};
 
@@ -18,6 +19,8 @@ pub struct SeqRequest {
     pub prompt_len: usize,
     /// Chained hashes of the prompt's full blocks (see `kv_cache::prefix_block_hashes`).
     pub prompt_hashes: Vec<u64>,
+    /// The prompt's tokens (for KV cache events).
+    pub prompt_tokens: Arc<[u32]>,
     /// Output tokens to generate, at least 1.
     pub output_len: u32,
 }
@@ -120,6 +123,10 @@ impl Scheduler {
         &self.kv
     }
 
+    pub fn kv_cache_mut(&mut self) -> &mut KvCache {
+        &mut self.kv
+    }
+
     /// Runs one engine iteration.
     pub fn step(&mut self) -> StepReport {
         let mut report = StepReport::default();
@@ -128,10 +135,12 @@ impl Scheduler {
                 break;
             };
             let total = next.prompt_len + next.output_len as usize;
-            let Some(allocation) = self
-                .kv
-                .allocate(&next.prompt_hashes, next.prompt_len, total)
-            else {
+            let Some(allocation) = self.kv.allocate(
+                &next.prompt_hashes,
+                &next.prompt_tokens,
+                next.prompt_len,
+                total,
+            ) else {
                 break;
             };
             let request = self.waiting.pop_front().expect("front() was Some");
@@ -183,6 +192,7 @@ mod tests {
             id,
             prompt_len: prompt.len(),
             prompt_hashes: prefix_block_hashes(prompt, BS),
+            prompt_tokens: prompt.into(),
             output_len,
         }
     }

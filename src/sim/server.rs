@@ -40,7 +40,7 @@ pub struct SimState {
     pub cfg: SimConfig,
     pub engines: Engines,
     pub metrics: SimMetrics,
-    pub faults: FaultState,
+    pub faults: Arc<FaultState>,
     /// Past renderings of /metrics, while `metrics_lag_ms` is set (lagged.rs).
     pub lagged: MetricsHistory,
     /// Unix time the server started (`created` of model cards).
@@ -51,21 +51,26 @@ pub struct SimState {
 pub type Shared = Arc<SimState>;
 
 impl SimState {
-    /// Builds the state and starts the engines on the current runtime.
-    pub fn start(cfg: SimConfig) -> Shared {
+    /// Builds the state and starts the engines on the current runtime; with KV cache events
+    /// on, `kv_events` are the engines' publishers (kv_publisher.rs).
+    pub fn start(
+        cfg: SimConfig,
+        faults: Arc<FaultState>,
+        kv_events: &[tokio::sync::mpsc::UnboundedSender<Vec<crate::kv_events::wire::Event>>],
+    ) -> Shared {
         let metrics = SimMetrics::new(
             &cfg.served_model_names[0],
             cfg.engines,
             cfg.shape.block_size,
             cfg.shape.num_gpu_blocks,
         );
-        let faults = FaultState::new(cfg.faults.clone(), cfg.seed);
         let engines = Engines::start(
             cfg.engines,
             cfg.shape,
             cfg.cost,
             &metrics,
             faults.slowdown(),
+            kv_events,
         );
         let started = unix_now();
         let state = Arc::new(SimState {
@@ -217,6 +222,11 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/completions", post(inference::completions))
         .route("/v1/responses", post(inference::responses))
         .route("/v1/embeddings", post(inference::embeddings))
+        .route("/tokenize", post(super::tokenize::tokenize_handler))
+        .route(
+            "/reset_prefix_cache",
+            post(super::tokenize::reset_prefix_cache),
+        )
         .route(
             "/sim/faults",
             get(show_faults)
