@@ -341,6 +341,16 @@ async def replay(urls, requests, limit):
     return results, wall
 
 
+def events_report(router_url):
+    """What a router following KV cache events saw: how it tokenized, and its subscriptions'
+    gaps, replays and losses summed over the servers."""
+    _, body = get(router_url + "/load-stats", timeout=5)
+    stats = json.loads(body)
+    engines = [e for s in stats["servers"] for e in (s.get("kv_events") or {}).get("engines", [])]
+    total = {k: sum(e[k] for e in engines) for k in ("events_received", "gaps", "replays", "lost")}
+    return {"tokenization": stats.get("tokenization"), **total}
+
+
 def percentile(values, q):
     if not values:
         return math.nan
@@ -359,6 +369,7 @@ def run_once(router, workload, duration, seed, tmp):
         requests = trace(workload, duration, seed)
         results, wall = asyncio.run(replay(routers, requests, limit=duration + 120))
         after = sim_counters(urls)
+        events = [events_report(r) for r in routers] if router.endswith("+events") else None
     finally:
         procs.stop()
     good = [r for r in results if r[0]]
@@ -377,6 +388,7 @@ def run_once(router, workload, duration, seed, tmp):
         "hit_rate": hits / queries if queries else 0.0,
         "shares": shares,
         "over_fair": max(s / f for s, f in zip(shares, fair_shares())),
+        "events": events,
     }
 
 

@@ -43,6 +43,13 @@ pub struct Snapshot {
     pub tokenizers: HashMap<String, Arc<crate::prompt_tokens::local::LocalTokenizer>>,
 }
 
+impl Snapshot {
+    /// The server whose state is `state`, if it is still in this config.
+    pub fn backend_of(&self, state: &Arc<ServerState>) -> Option<&Backend> {
+        self.backends.iter().find(|b| Arc::ptr_eq(&b.state, state))
+    }
+}
+
 /// The config as written, and the addresses DNS discovery found for its `dns_discovery`
 /// entries (by entry URL, sorted).
 struct Written {

@@ -112,11 +112,7 @@ async fn watch_server(cluster: Arc<Cluster>, state: Arc<ServerState>, checked_at
     let mut scraper = Scraper::new(Duration::from_secs(5));
     loop {
         let snapshot = cluster.snapshot();
-        let Some(backend) = snapshot
-            .backends
-            .iter()
-            .find(|b| Arc::ptr_eq(&b.state, &state))
-        else {
+        let Some(backend) = snapshot.backend_of(&state) else {
             return; // removed from the config
         };
         let settings = &snapshot.settings;

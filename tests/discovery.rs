@@ -162,9 +162,12 @@ async fn every_address_of_a_name_is_a_server_and_follows_the_answers() {
         assert_eq!(server["discovered_from"], json!(entry), "{server}");
     }
 
-    // Two long streams at once: least-load puts one on each pod. Then the first pod leaves
-    // DNS: it is removed, and the stream it is serving still finishes whole.
-    let (one, two) = tokio::join!(stream_through(&router, 150), stream_through(&router, 150));
+    // Two long streams at once: least-load puts one on each pod. (The second starts once the
+    // first has its answer's header, so the router counts the first in flight: two requests
+    // choosing in the same microsecond on two threads can both see two idle pods.) Then the
+    // first pod leaves DNS: it is removed, and the stream it is serving still finishes whole.
+    let one = stream_through(&router, 150).await;
+    let two = stream_through(&router, 150).await;
     let upstream = |r: &reqwest::Response| {
         r.headers()["x-mvllm-upstream"]
             .to_str()

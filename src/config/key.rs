@@ -426,14 +426,7 @@ impl Kind for ModelPolicies {
         )
     }
     fn show(&self, value: &Self::Value) -> String {
-        if value.is_empty() {
-            return "none".into();
-        }
-        let pairs: Vec<String> = value
-            .iter()
-            .map(|(m, p)| format!("{m:?} = {p:?}"))
-            .collect();
-        format!("{{ {} }}", pairs.join(", "))
+        show_table(value.iter().map(|(m, p)| (m.as_str(), *p)))
     }
 }
 
@@ -442,6 +435,15 @@ impl ModelPolicies {
         let names: Vec<String> = self.allowed.iter().map(|n| format!("{n:?}")).collect();
         names.join(", ")
     }
+}
+
+/// A table of model names to values as servers.toml writes it, or "none".
+fn show_table<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let pairs: Vec<String> = pairs.map(|(m, v)| format!("{m:?} = {v:?}")).collect();
+    if pairs.is_empty() {
+        return "none".into();
+    }
+    format!("{{ {} }}", pairs.join(", "))
 }
 
 /// A table of model names to paths, e.g. `{ "llama-70b" = "/models/llama-70b" }`.
@@ -460,14 +462,7 @@ impl Kind for ModelPaths {
         "a table of model = folder, e.g. { \"llama-70b\" = \"/models/llama-70b\" }".into()
     }
     fn show(&self, value: &Self::Value) -> String {
-        if value.is_empty() {
-            return "none".into();
-        }
-        let pairs: Vec<String> = value
-            .iter()
-            .map(|(m, p)| format!("{m:?} = {p:?}"))
-            .collect();
-        format!("{{ {} }}", pairs.join(", "))
+        show_table(value.iter().map(|(m, p)| (m.as_str(), p.as_str())))
     }
 }
 

@@ -98,11 +98,7 @@ async fn follow_server(cluster: Arc<Cluster>, state: Arc<ServerState>) {
     let mut engines: Vec<EngineTask> = Vec::new();
     loop {
         let snapshot = cluster.snapshot();
-        let Some(backend) = snapshot
-            .backends
-            .iter()
-            .find(|b| Arc::ptr_eq(&b.state, &state))
-        else {
+        let Some(backend) = snapshot.backend_of(&state) else {
             return; // removed: its tasks stop, its state (and index) goes with the last Arc
         };
         let Some(source) = backend.cfg.kv_events(&snapshot.routing) else {
