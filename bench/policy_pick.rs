@@ -42,6 +42,7 @@ fn main() {
                 kv_tokens: None,
                 prefix_cache: None,
                 engines: Default::default(),
+                counted_by_router: false,
             };
             b.state.scrape_succeeded(load, &settings);
         }

@@ -256,8 +256,14 @@ impl ServerState {
         );
         // The new numbers first, then the reset of what they now include: a reader in between
         // counts some requests twice (for an instant), never none.
-        self.scraped_units
-            .store((load.running + 0.5 * load.waiting).to_bits(), Relaxed);
+        // A server without metrics: its load is the router's live count alone (load_units'
+        // floor); a copy of it would count a request that just ended until the next check.
+        let units = if load.counted_by_router {
+            0.0
+        } else {
+            load.running + 0.5 * load.waiting
+        };
+        self.scraped_units.store(units.to_bits(), Relaxed);
         self.unscraped.store(0, Relaxed);
         self.load.store(Some(Arc::new(load)));
         self.touch();
@@ -478,6 +484,7 @@ pub(crate) mod tests {
             kv_tokens: None,
             prefix_cache: None,
             engines: Default::default(),
+            counted_by_router: false,
         }
     }
 
@@ -581,6 +588,22 @@ pub(crate) mod tests {
         assert_eq!(b.load_units(), 8.0);
         drop(guards);
         assert_eq!(b.load_units(), 8.0, "the scrape stands until the next one");
+    }
+
+    #[test]
+    fn a_server_without_metrics_is_loaded_by_the_live_count_only() {
+        let settings = Settings::default();
+        let b = healthy("http://a", 4, &["m"], 0.0);
+        let request = b.state.start_request();
+        let copy = LoadSample::counted_by_router(crate::scrape::Flavor::Sglang, 1);
+        b.state.scrape_succeeded(copy, &settings);
+        assert_eq!(b.load_units(), 1.0);
+        drop(request);
+        assert_eq!(
+            b.load_units(),
+            0.0,
+            "the request ended: not counted until the next check"
+        );
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct LoadSample {
     pub prefix_cache: Option<PrefixCacheCounters>,
     /// Each data-parallel engine's load, by the series' `engine` label.
     pub engines: EngineLoads,
+    /// The numbers are the router's own count of requests in flight, copied at the check (a
+    /// server without metrics): the live count is the load, the copy only goes stale.
+    pub counted_by_router: bool,
 }
 
 /// Engines whose load is kept apart (ranks past it count only in the server's totals).
@@ -246,6 +249,7 @@ pub fn parse_metrics(text: &str) -> Result<LoadSample, NoLoadMetrics> {
             hits: prefix_hits.total,
         }),
         engines,
+        counted_by_router: false,
     })
 }
 
@@ -354,6 +358,7 @@ impl LoadSample {
             kv_tokens: None,
             prefix_cache: None,
             engines: EngineLoads::default(),
+            counted_by_router: true,
         }
     }
 }

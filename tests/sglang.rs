@@ -58,11 +58,13 @@ async fn sglang_servers_with_and_without_metrics_are_routed() {
     assert_eq!(servers[1]["engine"], "sglang", "declared");
 
     // A long stream on the metered server shows in the load it reports, and the next
-    // requests go to the other server.
+    // requests go to the other server. (Long enough to last on either server: 300 tokens at
+    // the bare one's 1 ms a token ended before the requests that must avoid it were sent,
+    // and it failed so once in CI.)
     let long = client()
         .post(router.at("/v1/completions"))
         .json(
-            &json!({"model": "qwen/qwen2.5-7b", "prompt": "x", "max_tokens": 300, "stream": true}),
+            &json!({"model": "qwen/qwen2.5-7b", "prompt": "x", "max_tokens": 3000, "stream": true}),
         )
         .send()
         .await
