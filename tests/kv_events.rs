@@ -189,10 +189,17 @@ async fn routes_to_the_cache_that_holds_the_prefix_through_evictions_gaps_and_re
     }
     let kv = kv_of(&router, &a.url).await;
     assert!(kv["engines"][0]["blocks"].as_u64().unwrap() >= 25, "{kv}");
-    // The prompts were tokenized by the servers' /tokenize, each once.
-    let tokenization = &load_stats(&router).await["tokenization"];
-    assert_eq!(tokenization["fetched"], 12, "{tokenization}");
-    assert_eq!(tokenization["failed"], 0, "{tokenization}");
+    // The prompts were tokenized by the servers' /tokenize, each once: a prompt's first
+    // question waited for it, the next two were routed on the system prompt's tokens at once
+    // (tokenized whole in the background).
+    let tokenization = load_stats(&router).await["tokenization"].clone();
+    assert_eq!(tokenization["cached_prefix"], 8, "{tokenization}");
+    poll_until(
+        format!("every prompt tokenized: {tokenization}"),
+        || async { load_stats(&router).await["tokenization"]["fetched"] == 12 },
+    )
+    .await;
+    assert_eq!(load_stats(&router).await["tokenization"]["failed"], 0);
     assert_eq!(kv["engines"][0]["complete_history"], true, "{kv}");
 
     // A evicts everything it had (other prompts fill its 200 blocks); B then gets Alpha and

@@ -15,6 +15,9 @@ const ENTRY_OVERHEAD: usize = 64;
 
 struct Entry {
     tokens: Arc<[u32]>,
+    /// The tokens of exactly what the key names; else the leading tokens of a longer prompt
+    /// that starts the same (a shared system prompt's, say), good as a prefix only.
+    exact: bool,
     stamp: u64,
 }
 
@@ -41,15 +44,15 @@ impl TokenCache {
         tokens.len() * 4 + ENTRY_OVERHEAD
     }
 
-    /// The tokens stored under `key`, marked as just used.
-    pub fn get(&mut self, key: u64) -> Option<Arc<[u32]>> {
+    /// The tokens stored under `key` and whether they are exact, marked as just used.
+    pub fn get(&mut self, key: u64) -> Option<(Arc<[u32]>, bool)> {
         self.clock += 1;
         let entry = self.map.get_mut(&key)?;
         entry.stamp = self.clock;
         self.order.push_back((key, self.clock));
-        let tokens = Arc::clone(&entry.tokens);
+        let found = (Arc::clone(&entry.tokens), entry.exact);
         self.compact();
-        Some(tokens)
+        Some(found)
     }
 
     /// Whether `key` is stored (not counted as a use).
@@ -57,11 +60,17 @@ impl TokenCache {
         self.map.contains_key(&key)
     }
 
-    /// Stores `tokens` under `key`, evicting the least recently used entries past the budget.
-    /// A prompt larger than the whole budget is not stored.
-    pub fn insert(&mut self, key: u64, tokens: Arc<[u32]>) {
+    /// Whether `key`'s own tokens are stored (not a prefix entry).
+    pub fn has_exact(&self, key: u64) -> bool {
+        self.map.get(&key).is_some_and(|e| e.exact)
+    }
+
+    /// Stores `tokens` under `key` (`exact`: of exactly what the key names; a prefix entry is
+    /// stored only where nothing is), evicting the least recently used entries past the
+    /// budget. A prompt larger than the whole budget is not stored.
+    pub fn insert(&mut self, key: u64, tokens: Arc<[u32]>, exact: bool) {
         let cost = Self::cost(&tokens);
-        if cost > self.budget {
+        if cost > self.budget || (!exact && self.map.contains_key(&key)) {
             return;
         }
         self.clock += 1;
@@ -69,6 +78,7 @@ impl TokenCache {
             key,
             Entry {
                 tokens,
+                exact,
                 stamp: self.clock,
             },
         ) {
@@ -128,14 +138,14 @@ mod tests {
         // Room for three entries of 100 tokens.
         let mut cache = TokenCache::new(3 * (400 + ENTRY_OVERHEAD));
         for key in 1..=3 {
-            cache.insert(key, tokens(100));
+            cache.insert(key, tokens(100), true);
         }
         assert!(cache.get(1).is_some(), "1 is now the most recently used");
-        cache.insert(4, tokens(100));
+        cache.insert(4, tokens(100), true);
         assert!(!cache.contains(2), "2 was the least recently used");
         assert!(cache.contains(1) && cache.contains(3) && cache.contains(4));
         assert!(cache.bytes() <= 3 * (400 + ENTRY_OVERHEAD));
-        cache.insert(5, tokens(10_000));
+        cache.insert(5, tokens(10_000), true);
         assert!(
             !cache.contains(5),
             "larger than the whole budget: not stored"
@@ -145,7 +155,20 @@ mod tests {
             cache.get(1);
         }
         assert!(cache.order.len() <= 2 * cache.len() + 17);
-        cache.insert(1, tokens(50));
-        assert_eq!(cache.get(1).unwrap().len(), 50, "replaced");
+        cache.insert(1, tokens(50), true);
+        assert_eq!(cache.get(1).unwrap().0.len(), 50, "replaced");
+        cache.insert(1, tokens(20), false);
+        assert_eq!(
+            cache.get(1).unwrap(),
+            (tokens(50), true),
+            "a prefix never replaces"
+        );
+        cache.insert(6, tokens(20), false);
+        cache.insert(6, tokens(30), true);
+        assert_eq!(
+            cache.get(6).unwrap(),
+            (tokens(30), true),
+            "exact replaces a prefix"
+        );
     }
 }

@@ -140,8 +140,8 @@ enum Source {
     Ready(Arc<[u32]>),
     /// A chat's earlier messages are known: their tokens, while the whole is fetched.
     Prefix(Arc<[u32]>),
-    /// To be fetched (and cached under the key).
-    Fetch(u64),
+    /// To be fetched (and cached).
+    Fetch,
 }
 
 impl Tokenization {
@@ -211,15 +211,15 @@ impl Tokenization {
             }
         }
         let request: Request = serde_json::from_slice(&features.body).ok()?;
-        let key = match self.lookup(model, &request) {
+        match self.lookup(model, &request) {
             Some(Source::Ready(tokens)) => return Some(tokens),
             Some(Source::Prefix(tokens)) => {
                 self.complete_in_background(snapshot, features, candidates);
                 return Some(tokens);
             }
-            Some(Source::Fetch(key)) => key,
+            Some(Source::Fetch) => {}
             None => return None,
-        };
+        }
         let server = tokenizing_server(candidates)?;
         let timeout = snapshot.routing.tokenize_timeout;
         let fetched =
@@ -227,7 +227,7 @@ impl Tokenization {
         match fetched {
             Ok(Ok(tokens)) => {
                 self.counts.fetched.fetch_add(1, Relaxed);
-                self.cache().insert(key, Arc::clone(&tokens));
+                self.store(model, &request, &tokens);
                 Some(tokens)
             }
             Ok(Err(why)) => {
@@ -249,17 +249,47 @@ impl Tokenization {
         let request: Request = serde_json::from_slice(body).ok()?;
         match self.lookup(model, &request)? {
             Source::Ready(tokens) | Source::Prefix(tokens) => Some(tokens),
-            Source::Fetch(_) => None,
+            Source::Fetch => None,
         }
     }
 
-    /// Stores a body's tokens as `/tokenize` would have given them (the cache's own key).
+    /// Stores a body's tokens as `/tokenize` gave them (as a fetch does).
     pub fn remember(self: &Arc<Self>, model: &str, body: &[u8], tokens: Arc<[u32]>) {
-        let Ok(request) = serde_json::from_slice::<Request>(body) else {
-            return;
-        };
-        if let Some(Source::Fetch(key)) = self.lookup(model, &request) {
-            self.cache().insert(key, tokens);
+        if let Ok(request) = serde_json::from_slice::<Request>(body) {
+            self.store(model, &request, &tokens);
+        }
+    }
+
+    /// Caches a request's tokens: under its own key, and for a chat also, as prefix entries,
+    /// under the keys of its leading messages (where nothing is yet): their share of the
+    /// tokens, estimated by their share of the messages' bytes less a tenth, so that it stays
+    /// inside them. Another user's question after the same system prompt then finds that
+    /// prompt's tokens without waiting for `/tokenize`.
+    fn store(&self, model: &str, request: &Request, tokens: &Arc<[u32]>) {
+        let base = options_hash(model, &request.options());
+        let mut cache = self.cache();
+        match (&request.messages, request.prompt) {
+            (Some(messages), _) if !messages.is_empty() => {
+                let keys = message_keys(base, messages);
+                let total: usize = messages.iter().map(|m| m.get().len()).sum();
+                let mut bytes = 0;
+                for (k, (&key, message)) in keys.iter().zip(messages).enumerate() {
+                    bytes += message.get().len();
+                    if k + 1 == keys.len() {
+                        cache.insert(key, Arc::clone(tokens), true);
+                    } else {
+                        let share = tokens.len() * bytes / total.max(1) * 9 / 10;
+                        if share > 0 {
+                            cache.insert(key, tokens[..share].into(), false);
+                        }
+                    }
+                }
+            }
+            (_, Some(prompt)) => {
+                let key = chain(base, prompt.get().as_bytes());
+                cache.insert(key, Arc::clone(tokens), true);
+            }
+            _ => {}
         }
     }
 
@@ -273,21 +303,27 @@ impl Tokenization {
                 let keys = message_keys(base, messages);
                 let whole = *keys.last()?;
                 let mut cache = self.cache();
-                if let Some(tokens) = cache.get(whole) {
-                    self.counts.cached.fetch_add(1, Relaxed);
-                    return Some(Source::Ready(tokens));
-                }
-                let prefix = keys[..keys.len() - 1]
-                    .iter()
-                    .rev()
-                    .find_map(|&key| cache.get(key));
+                // The whole prompt's own tokens; else the longest run of leading messages
+                // with any (a prefix entry under the whole key counts as a prefix too).
+                let prefix = match cache.get(whole) {
+                    Some((tokens, true)) => {
+                        self.counts.cached.fetch_add(1, Relaxed);
+                        return Some(Source::Ready(tokens));
+                    }
+                    Some((tokens, false)) => Some(tokens),
+                    None => keys[..keys.len() - 1]
+                        .iter()
+                        .rev()
+                        .find_map(|&key| cache.get(key))
+                        .map(|(tokens, _)| tokens),
+                };
                 drop(cache);
                 match prefix {
                     Some(tokens) => {
                         self.counts.cached_prefix.fetch_add(1, Relaxed);
                         Some(Source::Prefix(tokens))
                     }
-                    None => Some(Source::Fetch(whole)),
+                    None => Some(Source::Fetch),
                 }
             }
             (_, Some(prompt)) => {
@@ -298,11 +334,11 @@ impl Tokenization {
                 }
                 let key = chain(base, prompt.get().as_bytes());
                 match self.cache().get(key) {
-                    Some(tokens) => {
+                    Some((tokens, _)) => {
                         self.counts.cached.fetch_add(1, Relaxed);
                         Some(Source::Ready(tokens))
                     }
-                    None => Some(Source::Fetch(key)),
+                    None => Some(Source::Fetch),
                 }
             }
             _ => None,
@@ -333,7 +369,7 @@ impl Tokenization {
         else {
             return;
         };
-        if self.cache().contains(whole) {
+        if self.cache().has_exact(whole) {
             return;
         }
         if !self
@@ -365,7 +401,7 @@ impl Tokenization {
                         .await;
                 if let Ok(Ok(tokens)) = fetched {
                     this.counts.fetched.fetch_add(1, Relaxed);
-                    this.cache().insert(whole, tokens);
+                    this.store(&model, &request, &tokens);
                 }
             }
             this.done_fetching(whole);
@@ -504,10 +540,11 @@ mod tests {
         let t = Tokenization::new(1 << 20);
         let turn1 = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
         let turn2 = r#"{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"user","content":"more"}]}"#;
-        let Some(Source::Fetch(key)) = t.lookup("m", &request(turn1)) else {
-            panic!("nothing cached yet");
-        };
-        t.cache().insert(key, vec![1, 2, 3].into());
+        assert!(matches!(
+            t.lookup("m", &request(turn1)),
+            Some(Source::Fetch)
+        ));
+        t.store("m", &request(turn1), &vec![1, 2, 3].into());
         let Some(Source::Ready(tokens)) = t.lookup("m", &request(turn1)) else {
             panic!("the same prompt is cached");
         };
@@ -518,16 +555,46 @@ mod tests {
         assert_eq!(&*tokens, &[1, 2, 3]);
         assert_eq!(t.counts.cached_prefix.load(Relaxed), 1);
         let other_model = t.lookup("other", &request(turn1));
-        assert!(matches!(other_model, Some(Source::Fetch(_))));
+        assert!(matches!(other_model, Some(Source::Fetch)));
         let with_tools = r#"{"model":"m","tools":[],"messages":[{"role":"user","content":"hi"}]}"#;
         assert!(matches!(
             t.lookup("m", &request(with_tools)),
-            Some(Source::Fetch(_))
+            Some(Source::Fetch)
         ));
         let ids = r#"{"model":"m","prompt":[5,6,7]}"#;
         let Some(Source::Ready(tokens)) = t.lookup("m", &request(ids)) else {
             panic!("token ids are the prompt");
         };
         assert_eq!(&*tokens, &[5, 6, 7]);
+    }
+
+    #[test]
+    fn another_question_after_the_same_system_prompt_finds_the_prompts_tokens() {
+        let t = Tokenization::new(1 << 20);
+        let system = "s".repeat(900);
+        let ask = |question: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{question}"}}]}}"#
+            )
+        };
+        let first = ask("the first question, about fifty bytes of text here");
+        let tokens: Arc<[u32]> = (0..1000).collect::<Vec<u32>>().into();
+        t.store("m", &request(&first), &tokens);
+        let second = ask("another one");
+        let Some(Source::Prefix(prefix)) = t.lookup("m", &request(&second)) else {
+            panic!("the system prompt's tokens are found");
+        };
+        // The system message is about 94 % of the bytes: 90 % of that share of the tokens.
+        assert!((800..=900).contains(&prefix.len()), "{}", prefix.len());
+        assert_eq!(&prefix[..], &tokens[..prefix.len()]);
+        let only_system =
+            format!(r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}}]}}"#);
+        assert!(
+            matches!(
+                t.lookup("m", &request(&only_system)),
+                Some(Source::Prefix(_))
+            ),
+            "a prefix entry is never taken for the whole prompt"
+        );
     }
 }
