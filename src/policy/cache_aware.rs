@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::pending::Pending;
 use super::prefix_index::{chunk_hashes, PrefixIndex, BYTES_PER_TOKEN, CHUNK_BYTES};
 use super::Policy;
 use crate::backend::Backend;
@@ -34,6 +35,8 @@ const DEFAULT_ANSWER_TOKENS: f64 = 128.0;
 /// Picks the server with the lowest expected time to first token (see [`expected_ttft`]).
 pub struct CacheAware {
     index: Arc<Mutex<PrefixIndex>>,
+    /// Prefixes just sent, not yet in the servers' KV cache events (pending.rs).
+    pending: Mutex<Pending>,
 }
 
 impl CacheAware {
@@ -48,6 +51,7 @@ impl CacheAware {
             index: kept
                 .cloned()
                 .unwrap_or_else(|| Arc::new(Mutex::new(PrefixIndex::new(budget, max_idle)))),
+            pending: Mutex::default(),
         }
     }
 
@@ -71,11 +75,34 @@ impl CacheAware {
         let prompt = Prompt::of(request);
         let depths = self.index().matched(&prompt.hashes);
         let relative = Relative::among(candidates);
+        // What each server's events say it has cached (per trusted engine), when the tokens
+        // are known.
+        let exact: Vec<Option<Vec<(usize, usize)>>> = candidates
+            .iter()
+            .map(|b| exact_cached(b, request))
+            .collect();
+        // A prefix no server's events know yet may be on its way into one: sent there in the
+        // last seconds, and being prefilled (pending.rs). Only then does that count.
+        let unknown = exact
+            .iter()
+            .flatten()
+            .flatten()
+            .all(|&(_, cached)| cached == 0);
+        let pending = (request.tokens.is_some() && unknown).then(|| {
+            self.pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
+        let now = std::time::Instant::now();
         let costs = candidates
             .iter()
-            .map(|b| {
-                if let Some(precise) = precise_ttft(b, &relative, request) {
-                    return precise;
+            .zip(exact)
+            .map(|(b, exact)| {
+                if let (Some(tokens), Some(engines)) = (request.tokens.as_deref(), exact) {
+                    let sent = pending.as_ref().map_or(0.0, |p| {
+                        prompt.cached_tokens(p.depth(b.state.id, &prompt.hashes, now))
+                    });
+                    return precise_ttft(b, &relative, tokens.len() as f64, engines, sent);
                 }
                 let depth = depth_of(&depths, b.state.id);
                 let cost = expected_ttft(b, &relative, prompt.tokens, prompt.cached_tokens(depth));
@@ -86,21 +113,32 @@ impl CacheAware {
     }
 }
 
-/// The expected time to first token on `backend` from its KV cache events: for each engine
-/// whose index is trusted, with the prompt tokens it holds and its own share of the load; the
-/// best engine, and its rank. `None` when the request's tokens are not known or no engine's
-/// index is trusted (then the approximate estimate is used).
-fn precise_ttft(backend: &Backend, relative: &Relative, request: &RequestFeatures) -> Option<Cost> {
+/// For each engine of `backend` whose KV event index is trusted: the tokens of the request's
+/// prompt it has cached. `None` when the request's tokens are not known or no engine's index
+/// is trusted (then the approximate estimate is used).
+fn exact_cached(backend: &Backend, request: &RequestFeatures) -> Option<Vec<(usize, usize)>> {
     let tokens = request.tokens.as_deref()?;
     let lora = lora_of(backend, request.model.as_deref());
-    let engines = backend.state.kv.cached_prefixes(tokens, lora)?;
+    backend.state.kv.cached_prefixes(tokens, lora)
+}
+
+/// The expected time to first token on `backend` from its KV cache events: for each of its
+/// `engines` (rank, tokens cached) with its own share of the load, the cached tokens being
+/// `sent` instead when more (a prefix sent there in the last seconds that no events show
+/// yet); the best engine, and its rank.
+fn precise_ttft(
+    backend: &Backend,
+    relative: &Relative,
+    prompt: f64,
+    engines: Vec<(usize, usize)>,
+    sent: f64,
+) -> Cost {
     let sample = backend.state.load.load();
     let loads = sample.as_ref().map(|s| s.engines).unwrap_or_default();
     let count = usize::from(loads.count).max(engines.len()).max(1);
     let total_units: f64 = (0..count).filter_map(|r| loads.of(r)).sum();
     let units = backend.load_units();
     let capacity = f64::from(backend.cfg.max_concurrent_requests.max(1)) / count as f64;
-    let prompt = tokens.len() as f64;
     engines
         .into_iter()
         .map(|(rank, cached)| {
@@ -109,17 +147,12 @@ fn precise_ttft(backend: &Backend, relative: &Relative, request: &RequestFeature
                 Some(own) if total_units > 0.0 => own / total_units,
                 _ => 1.0 / count as f64,
             };
-            let cost = ttft_at(
-                backend,
-                relative,
-                units * share,
-                capacity,
-                prompt,
-                cached as f64,
-            );
+            let cached = (cached as f64).max(sent.min(prompt));
+            let cost = ttft_at(backend, relative, units * share, capacity, prompt, cached);
             (cost, (count > 1).then_some(rank))
         })
         .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or((f64::INFINITY, None))
 }
 
 /// The LoRA adapter a request for `model` uses on `backend`: the model itself when the
@@ -228,6 +261,12 @@ impl Policy for CacheAware {
             .position(|b| std::ptr::eq(*b, chosen))
             .and_then(|i| costs[i].1);
         request.engine.set(chosen.state.id, rank);
+        if request.tokens.is_some() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .record(chosen.state.id, &prompt.hashes, std::time::Instant::now());
+        }
         let sample = chosen.state.load.load();
         let kv_chunks = sample
             .as_ref()
@@ -292,6 +331,53 @@ mod tests {
             system.repeat(bytes / system.len())
         );
         crate::features::tests::features_of(Bytes::from(body))
+    }
+
+    /// A server whose KV cache events are followed, its engine's index live and empty.
+    fn with_events(url: &str) -> Backend {
+        let b = healthy(url, 8, &["m"], 0.0);
+        let engine = b.state.kv.engine(0, 1 << 20);
+        crate::kv_events::engines::lock(&engine).status = crate::kv_events::engines::Status::Live;
+        b
+    }
+
+    #[test]
+    fn a_new_prefix_follows_the_one_just_sent_until_the_events_tell() {
+        let servers: Vec<Backend> = (0..4)
+            .map(|i| with_events(&format!("http://s{i}")))
+            .collect();
+        let all: Vec<&Backend> = servers.iter().collect();
+        let policy = policy();
+        let tokens: Arc<[u32]> = (0..2000).collect::<Vec<u32>>().into();
+        let request = |question: &str| {
+            let mut r = chat("A new system prompt. ", 8000, question);
+            r.tokens = Some(Arc::clone(&tokens));
+            r
+        };
+        // No server's events know the prompt: the first goes by load, the next ones follow it
+        // (it is being prefilled there), though the router counts it busier now.
+        let first = policy.pick(&all, &request("q0"));
+        let _busy = first.state.start_request();
+        for i in 1..5 {
+            let chosen = policy.pick(&all, &request(&format!("q{i}")));
+            assert_eq!(chosen.cfg.url, first.cfg.url, "request {i}");
+        }
+        // Once a server's events show the prompt cached elsewhere, the events decide.
+        let other = servers.iter().find(|b| b.cfg.url != first.cfg.url).unwrap();
+        let engine = other.state.kv.engine(0, 1 << 20);
+        let stored = crate::kv_events::wire::Event::BlockStored {
+            block_hashes: (1..=125).collect(),
+            parent_block_hash: None,
+            token_ids: tokens.to_vec(),
+            block_size: 16,
+            lora_id: None,
+            medium: None,
+            lora_name: None,
+        };
+        crate::kv_events::engines::lock(&engine)
+            .index
+            .apply(&stored);
+        assert_eq!(policy.pick(&all, &request("q9")).cfg.url, other.cfg.url);
     }
 
     #[test]

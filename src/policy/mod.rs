@@ -9,6 +9,7 @@
 
 mod cache_aware;
 mod least_load;
+mod pending;
 mod power_of_two;
 mod prefix_index;
 mod random;
