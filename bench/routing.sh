@@ -2,6 +2,8 @@
 # The routing benchmark (issue 8): every mvllm policy, nginx (round-robin) and the peers
 # (sglang-router and vllm-router, from PyPI, with their cache_aware and power_of_two policies)
 # replay the same traces in front of the same heterogeneous cluster of `mvllm sim` servers.
+# `mvllm:cache-aware+events` follows the sims' KV cache events (issue 13); `mvllm2:…` is two
+# router replicas taking the requests in turn.
 #
 #   bash bench/routing.sh                                  # everything, ~45 min
 #   bash bench/routing.sh --reps 1 --duration 5 --workloads c50 --routers mvllm:cache-aware nginx

@@ -1,12 +1,12 @@
-//! vLLM's KV cache events (issue 13, in progress): what each server has cached, told by the
-//! server itself over ZeroMQ, for precise prefix routing.
+//! vLLM's KV cache events: what each server has cached, told by the server itself over
+//! ZeroMQ, for precise prefix routing (the `cache-aware` policy; README "KV cache events").
 //!
 //! - `wire`: the message and msgpack layouts, decoded by tag and field name (every layout vLLM
 //!   has used) and encoded as vLLM 0.32 does.
 //! - `index`: one engine's cached blocks, keyed by the router's own chained hash of their
 //!   tokens; how long a prefix of a prompt is cached.
-//! - `sequence`: a publisher's sequence numbers: in order, a gap to replay, a restart.
-//!
+//! - `sequence`: a publisher's sequence numbers: in order, a gap to replay, a duplicate from
+//!   a replay, a restart.
 //! - `engines`: a server's engines' indexes, their subscriptions' counters, and whether each
 //!   index is trusted now.
 //! - `subscriber`: the background service that follows every server's events.
