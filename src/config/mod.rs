@@ -75,7 +75,8 @@ pub struct KvEventsSource {
 
 impl ServerConfig {
     /// Where its KV cache events are, if anywhere: its own `kv_events`, else `[routing]`'s
-    /// ports on its host.
+    /// ports on its host. A server found by DNS discovery takes the port of its entry's
+    /// `kv_events` on its own address (the entry's host names all of them).
     pub fn kv_events(&self, routing: &Routing) -> Option<KvEventsSource> {
         let on_host = |port: u16| {
             (port > 0).then(|| {
@@ -86,14 +87,15 @@ impl ServerConfig {
                 }
             })
         };
-        let live = self
-            .kv_events
-            .clone()
-            .or_else(|| on_host(routing.kv_events_port))?;
-        let replay = self
-            .kv_events_replay
-            .clone()
-            .or_else(|| on_host(routing.kv_events_replay_port));
+        let own = |endpoint: &Option<String>| match (&self.discovered_from, endpoint) {
+            (Some(_), Some(endpoint)) => endpoint
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse().ok())
+                .and_then(on_host),
+            (_, endpoint) => endpoint.clone(),
+        };
+        let live = own(&self.kv_events).or_else(|| on_host(routing.kv_events_port))?;
+        let replay = own(&self.kv_events_replay).or_else(|| on_host(routing.kv_events_replay_port));
         Some(KvEventsSource { live, replay })
     }
 }
@@ -945,6 +947,16 @@ health_check_consecutive_failures = 3
                 replay: Some("tcp://c:5558".into())
             }),
             "its own endpoint wins"
+        );
+        let pod = ServerConfig {
+            host: "10.1.2.3".into(),
+            discovered_from: Some("http://vllm-headless:8000".into()),
+            ..c.servers[2].clone()
+        };
+        assert_eq!(
+            pod.kv_events(&c.routing).unwrap().live,
+            "tcp://10.1.2.3:6000",
+            "a discovered pod: the entry's port on its own address"
         );
         let none = parse("[servers]\nservers = [{ url = \"http://a:8000\" }]\n").unwrap();
         assert_eq!(
