@@ -10,9 +10,11 @@
 //! - `engines`: a server's engines' indexes, their subscriptions' counters, and whether each
 //!   index is trusted now.
 //! - `subscriber`: the background service that follows every server's events.
+//! - `zmtp`: the SUB and DEALER sockets it uses, bounded against a hostile peer.
 
 pub mod engines;
 pub mod index;
 pub mod sequence;
 pub mod subscriber;
 pub mod wire;
+pub mod zmtp;

@@ -9,26 +9,24 @@
 //! back means the publisher restarted: the index is cleared. Events lost for good clear the
 //! index and mark it rebuilding (engines.rs says when it is trusted again).
 //!
-//! The sockets come from the `zeromq` crate (pure Rust, tokio). It has no reconnection and
-//! panics (`todo!`) on some peer behaviour (a ZMTP command such as a heartbeat where it
-//! expects a message), so each engine's socket lives in a task of its own: a panic ends only
-//! that task, and the server's task starts it again after a pause, as it does when the
-//! subscription goes quiet for [`SILENCE`] (a publisher that restarted on the same port is
-//! not reconnected to by the crate) or the server turns unhealthy.
+//! The sockets are the router's own (zmtp.rs: bounded frames, no panic on what a peer sends).
+//! Each engine's subscription is a task of its own, which the server's task starts again if
+//! it ever ends; a broken connection, a subscription quiet for [`SILENCE`] (a publisher can
+//! go away without the connection saying so) and a server turning unhealthy all make it
+//! connect again.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use super::engines::{lock, EngineCache, Status};
 use super::sequence::{classify, Next};
 use super::wire::{self, EventBatch};
+use super::zmtp::{Connection, SocketType};
 use crate::backend::ServerState;
 use crate::cluster::Cluster;
 use crate::config::KvEventsSource;
@@ -188,25 +186,19 @@ async fn follow_engine(
             tokio::time::sleep(TICK).await;
             continue;
         }
-        let mut socket = zeromq::SubSocket::new();
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(&live)).await;
-        let failure = match connected {
-            Ok(Ok(())) => match socket.subscribe("").await {
-                Ok(()) => None,
-                Err(e) => Some(e.to_string()),
-            },
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("timed out".to_string()),
+        let connected = match Connection::open(&live, SocketType::Sub, CONNECT_TIMEOUT).await {
+            Ok(mut socket) => socket.subscribe_all().await.map(|()| socket),
+            Err(why) => Err(why),
         };
-        if let Some(why) = failure {
-            set_status(
-                &cache,
-                Status::Connecting(format!("cannot connect to {live}: {why}")),
-            );
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-            continue;
-        }
+        let mut socket = match connected {
+            Ok(socket) => socket,
+            Err(why) => {
+                set_status(&cache, Status::Connecting(why));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
         pause = Duration::from_millis(200);
         let replayed_from = catch_up(&cache, replay.as_deref()).await;
         subscribed(
@@ -330,7 +322,7 @@ fn lose(engine: &mut EngineCache, why: String) {
 async fn subscribed(
     state: &ServerState,
     cache: &Mutex<EngineCache>,
-    socket: &mut zeromq::SubSocket,
+    socket: &mut Connection,
     replay: Option<&str>,
     replayed_from: Option<u64>,
 ) {
@@ -370,8 +362,7 @@ async fn subscribed(
             Ok(Ok(message)) => message,
         };
         quiet = Duration::ZERO;
-        let parts = message.into_vec();
-        let parts: Vec<&[u8]> = parts.iter().map(Bytes::as_ref).collect();
+        let parts: Vec<&[u8]> = message.iter().map(|p| &p[..]).collect();
         let message = match wire::decode_message(&parts) {
             Ok(message) => message,
             Err(why) => {
@@ -461,18 +452,13 @@ async fn fetch(
     to: Option<u64>,
 ) -> Result<Vec<(u64, EventBatch)>, String> {
     let request = async {
-        let mut socket = zeromq::DealerSocket::new();
-        socket.connect(endpoint).await.map_err(|e| e.to_string())?;
-        let parts: Vec<Bytes> = wire::replay_request(from)
-            .into_iter()
-            .map(Bytes::from)
-            .collect();
-        let message = ZmqMessage::try_from(parts).map_err(|e| e.to_string())?;
-        socket.send(message).await.map_err(|e| e.to_string())?;
+        let mut socket = Connection::open(endpoint, SocketType::Dealer, CONNECT_TIMEOUT).await?;
+        let [empty, seq] = wire::replay_request(from);
+        socket.send(&[&empty, &seq]).await?;
         let mut batches = Vec::new();
         loop {
-            let frame = socket.recv().await.map_err(|e| e.to_string())?.into_vec();
-            let frame: Vec<&[u8]> = frame.iter().map(Bytes::as_ref).collect();
+            let frame = socket.recv().await?;
+            let frame: Vec<&[u8]> = frame.iter().map(|p| &p[..]).collect();
             match wire::decode_replay_frame(&frame).map_err(|e| e.to_string())? {
                 None => return Ok(batches),
                 Some((seq, batch)) => {
