@@ -812,6 +812,9 @@ fn live_gauges(views: &[ServerView], active: usize) -> Vec<prometheus::proto::Me
         families.extend(vec.collect());
     }
     families.extend(active_gauge.collect());
+    // A family no server has a value of (no speed learned yet, no KV events followed) is left
+    // out: the text encoder refuses an empty family, and with it the whole page.
+    families.retain(|family| !family.get_metric().is_empty());
     families
 }
 
@@ -823,6 +826,23 @@ pub fn millis(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_is_whole_when_some_families_have_no_value() {
+        // A server with no speed learned and no KV events followed: their families are empty.
+        let backend = crate::backend::tests::healthy("http://a", 4, &["m"], 1.0);
+        let views = [crate::backend::ServerView::of(&backend)];
+        let text = Stats::new().render(&views, 3);
+        assert!(
+            text.contains("mvllm_server_healthy{server=\"http://a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mvllm_requests_active 3"),
+            "the last family: {text}"
+        );
+        assert!(!text.contains("mvllm_kv_index_bytes"), "{text}");
+    }
 
     #[test]
     fn quantiles_come_from_the_observations_between_two_readings() {
