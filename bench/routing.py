@@ -16,23 +16,18 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import pathlib
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import aiohttp
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MVLLM = ROOT / "target" / "release" / "mvllm"
+from benchlib import MVLLM, ROOT, Procs, free_port, get, wait_for
+
 MODEL = "bench-model"
 
 # The cluster: two fast servers and two slow ones (half the speed: a previous GPU
@@ -154,53 +149,6 @@ WORKLOADS = {
 }
 
 # ---------------------------------------------------------------- processes
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, timeout=1.0):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except Exception as e:  # noqa: BLE001 - any failure means "not yet"
-        return None, str(e)
-
-
-def wait_for(what, check, limit=60.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not become ready in {limit:.0f} s")
-
-
-class Procs:
-    def __init__(self):
-        self.procs = []
-
-    def start(self, args, log):
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def stop(self):
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        self.procs = []
 
 
 def start_sims(procs, tmp, events=False):

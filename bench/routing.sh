@@ -9,18 +9,11 @@
 #   bash bench/routing.sh --reps 1 --duration 5 --workloads c50 --routers mvllm:cache-aware nginx
 #
 # Results: bench/results/routing.{json,md,png}; see bench/routing.py for the workloads and the
-# cluster. Installs nginx (apt) and, in bench/.venv-routing, sglang-router, vllm-router,
-# aiohttp and matplotlib.
+# cluster. Installs what scripts/lib.sh ensure_bench_tools names (nginx, the peers from PyPI
+# in bench/.venv, aiohttp and matplotlib).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-ensure_build_tools
-command -v nginx >/dev/null || apt_install nginx
-VENV=bench/.venv-routing
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; rm -rf "$VENV"; python3 -m venv "$VENV"; }
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  'sglang-router==0.3.2' 'vllm-router==0.1.17' 'aiohttp>=3.9' 'matplotlib>=3.8'
+ensure_bench_tools
 cargo build --release --quiet --bins
-exec "$VENV/bin/python" bench/routing.py "$@"
+exec "$BENCH_VENV/bin/python" bench/routing.py "$@"

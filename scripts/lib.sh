@@ -67,3 +67,24 @@ with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
 PY
   rm -rf "$dir"
 }
+
+# The benchmarks' tools: nginx and wrk (apt), oha (crates.io; a fixed request rate with
+# latency correction, which wrk cannot do), and bench/.venv with the peers from PyPI —
+# sglang-router and vllm-router (Rust routers shipped in wheels) and the Python mvllm 0.1.0 —
+# plus aiohttp (the routing benchmark's load) and matplotlib (the charts). Sets BENCH_VENV.
+ensure_bench_tools() {
+  ensure_build_tools
+  command -v nginx >/dev/null 2>&1 || apt_install nginx
+  command -v wrk >/dev/null 2>&1 || apt_install wrk
+  command -v taskset >/dev/null 2>&1 || apt_install util-linux
+  if ! command -v oha >/dev/null 2>&1; then
+    echo "installing oha 1.16.0 with cargo install (a few minutes)" >&2
+    cargo install --quiet --locked oha@1.16.0
+  fi
+  BENCH_VENV=bench/.venv
+  if [ ! -x "$BENCH_VENV/bin/python" ]; then
+    python3 -m venv "$BENCH_VENV" 2>/dev/null || { apt_install python3-venv; rm -rf "$BENCH_VENV"; python3 -m venv "$BENCH_VENV"; }
+  fi
+  "$BENCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    'sglang-router==0.3.2' 'vllm-router==0.1.17' 'mvllm==0.1.0' 'aiohttp>=3.9' 'matplotlib>=3.8'
+}

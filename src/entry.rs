@@ -1,10 +1,10 @@
-//! The Pingora entry point: every request starts here.
+//! Where every request starts, once front_door.rs has read its header.
 //!
-//! [`Router`] is the `ProxyHttp` implementation. Its context is a [`RequestContext`], born in
-//! `new_ctx` and dropped by Pingora when the request is over. Every request is answered inside
-//! `request_filter`: the router's own endpoints in place, everything under `/v1/` (and vLLM's
-//! `/tokenize`, `/detokenize`) by forward.rs. Pingora's own proxy phase is never reached (see
-//! forward.rs for why).
+//! [`Router::handle`] answers it: the router's own endpoints in place, everything under `/v1/`
+//! (and vLLM's `/tokenize`, `/detokenize`) by forward.rs, which does its own upstream I/O (see
+//! forward.rs for why Pingora's proxy phases are not used). Its context is a
+//! [`RequestContext`], born in [`Router::new_ctx`] and dropped when the connection has been
+//! handed back for the next request.
 //!
 //! Calls go one way: entry → {api, forward} → {policy, upstream, respond, retry}; the context
 //! carries the facts down, and its drop reports them to [`Recorder`] (stats hub, access log).
@@ -13,11 +13,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use pingora::connectors::http::v1::Connector;
 use pingora::http::Method;
-use pingora::prelude::{HttpPeer, ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::prelude::Session;
 
 use crate::access::Refused;
 use crate::access_log::AccessLog;
@@ -29,7 +27,6 @@ use crate::context::{Finish, LocalRoute, Outcome, RequestContext};
 use crate::decisions::DecisionLog;
 use crate::features;
 use crate::forward;
-use crate::front_door::{self, HeaderWatch};
 use crate::openai::ApiError;
 use crate::respond;
 use crate::traces::Traces;
@@ -136,7 +133,15 @@ impl Router {
         })
     }
 
-    async fn handle(&self, session: &mut Session, ctx: &mut RequestContext) {
+    /// A new request's context.
+    pub fn new_ctx(&self) -> RequestContext {
+        let mut ctx = RequestContext::new(Arc::clone(&self.recorder) as Arc<dyn Finish>);
+        ctx.explain = self.recorder.decisions.is_some();
+        ctx
+    }
+
+    /// Answers one request whose header has been read (front_door.rs reads it).
+    pub async fn handle(&self, session: &mut Session, ctx: &mut RequestContext) {
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -334,48 +339,4 @@ fn oversized_header(header: &pingora::http::RequestHeader, limits: &Limits) -> O
         return None;
     };
     Some(ApiError::new(431, "RequestHeaderFieldsTooLargeError", why))
-}
-
-#[async_trait]
-impl ProxyHttp for Router {
-    type CTX = RequestContext;
-
-    fn new_ctx(&self) -> RequestContext {
-        let mut ctx = RequestContext::new(Arc::clone(&self.recorder) as Arc<dyn Finish>);
-        ctx.explain = self.recorder.decisions.is_some();
-        ctx
-    }
-
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-    ) -> Result<bool> {
-        self.handle(session, ctx).await;
-        Ok(true)
-    }
-
-    /// The header of a request has been read (front_door.rs waits for this).
-    fn on_connection_reuse(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestContext,
-        previous: Box<dyn std::any::Any + Send + Sync>,
-    ) {
-        if previous.is::<HeaderWatch>() {
-            front_door::header_read();
-        }
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestContext,
-    ) -> Result<Box<HttpPeer>> {
-        // Unreachable: request_filter answers every request.
-        Error::e_explain(
-            ErrorType::InternalError,
-            "every request is answered in request_filter",
-        )
-    }
 }

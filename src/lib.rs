@@ -3,7 +3,7 @@
 //! Layout. The request path, top to bottom (calls go down, never back up):
 //! - `front_door`: client connections before a request is seen — `max_connections`, the
 //!   deadline on a whole request header, the idle keep-alive timeout.
-//! - `entry`: the Pingora `ProxyHttp` entry point; makes each request's context, answers the
+//! - `entry`: where each request starts; makes its context, answers the
 //!   router's own endpoints, hands the rest to `forward`.
 //! - `access`: **who may use the router** — client keys, their models and limits, the admin
 //!   key.

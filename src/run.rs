@@ -223,8 +223,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
         admin,
         traces.clone(),
     );
-    let proxy = pingora::proxy::http_proxy(&server.configuration, router);
-    let gate = ConnectionGate::new(proxy, Arc::clone(&cluster));
+    let gate = ConnectionGate::new(router, Arc::clone(&cluster));
     let mut service = Service::new("mvllm".to_string(), gate);
     service.add_tcp(&address);
     if let Some(admin) = admin {

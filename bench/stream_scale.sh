@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Streaming at scale (issue 9): 10,000 concurrent slow streams straight to a simulated server,
+# through nginx and through mvllm; memory per open stream, delay added between events, streams
+# lost. See bench/stream_scale.py.
+#
+#   bash bench/stream_scale.sh             # 10,000 streams of 100 tokens at 50 ms, ~2 min
+#   bash bench/stream_scale.sh --quick     # smoke test (CI), ~15 s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_bench_tools
+cargo build --release --quiet --bins
+exec "$BENCH_VENV/bin/python" bench/stream_scale.py "$@"
