@@ -13,7 +13,8 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MVLLM = ROOT / "target" / "release" / "mvllm"
+# The build under test: MVLLM_BIN (set by the bench scripts), else the release build.
+MVLLM = pathlib.Path(os.environ.get("MVLLM_BIN") or ROOT / "target" / "release" / "mvllm")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

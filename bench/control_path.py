@@ -180,6 +180,8 @@ def main():
     if args.quick:
         args.servers, args.window, args.wrk_seconds = 50, 3, 1
     out = pathlib.Path(args.out)
+    if args.quick:  # a smoke test's figures never replace a real run's
+        out = out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         res = json.loads((out / "results.json").read_text())

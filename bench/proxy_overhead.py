@@ -378,6 +378,8 @@ def main():
     if args.quick:
         args.duration, args.reps, args.connections, args.rate_duration = 1.0, 1, [16], 2.0
     out = pathlib.Path(args.out)
+    if args.quick:  # a smoke test's figures never replace a real run's
+        out = out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         report(json.loads((out / "results.json").read_text()), out)

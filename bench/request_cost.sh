@@ -6,18 +6,19 @@
 #   bash bench/request_cost.sh                          # this build (~2 minutes)
 #   BASELINE=/tmp/mvllm-old bash bench/request_cost.sh  # and another build, side by side
 #   FRONT_DOOR=0 bash bench/request_cost.sh  # without the client-key and https rows
+#   REQUESTS="5 15" FRONT_DOOR=0 bash bench/request_cost.sh  # smoke test (CI)
 #
 # Method: the router (under valgrind) forwards N short chat requests, one at a time on one
 # keep-alive connection, to a simulated server (not under valgrind); once with N=100 and once
-# with N=600. The difference divided by 500 is the cost of one request, with start-up and
-# shutdown taken out. The access log is off (--no-access-log) unless ACCESS_LOG=1.
+# with N=600 (REQUESTS="100 600"). The difference divided by 500 is the cost of one request,
+# with start-up and shutdown taken out. The access log is off (--no-access-log) unless ACCESS_LOG=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_build_tools
 command -v valgrind >/dev/null || apt_install valgrind
-cargo build --release --quiet --bins
-BIN=$PWD/target/release/mvllm
+build_for_bench
+BIN=$MVLLM_BIN
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
@@ -27,6 +28,7 @@ trap cleanup EXIT
 PIDS+=("$!")
 for _ in $(seq 100); do SIM=$(grep -o 'http://[0-9.:]*' "$TMP/sim.out" || true); [ -n "$SIM" ] && break; sleep 0.05; done
 printf '[servers]\nservers = [{ url = "%s", max_concurrent_requests = 64 }]\n[config]\nmetrics_interval = 3600\nhealth_check_interval = 3600\n' "$SIM" > "$TMP/servers.toml"
+read -r N1 N2 <<<"${REQUESTS:-100 600}"
 LOG_FLAG=--no-access-log
 [ "${ACCESS_LOG:-0}" = 1 ] && LOG_FLAG=
 
@@ -75,9 +77,9 @@ PY
 report() {
   local name=$1 bin=$2
   local i100 i600 a100 a600
-  i100=$(cost "$bin" callgrind 100); i600=$(cost "$bin" callgrind 600)
-  a100=$(cost "$bin" dhat 100); a600=$(cost "$bin" dhat 600)
-  python3 -c "import sys; n, i1, i2, a1, a2 = sys.argv[1], *map(int, sys.argv[2:]); print(f'  {n:<10} {(i2 - i1) / 500:>10,.0f} instructions   {(a2 - a1) / 500:>6.1f} allocations  per request')" "$name" "$i100" "$i600" "$a100" "$a600"
+  i100=$(cost "$bin" callgrind "$N1"); i600=$(cost "$bin" callgrind "$N2")
+  a100=$(cost "$bin" dhat "$N1"); a600=$(cost "$bin" dhat "$N2")
+  python3 -c "import sys; n, k, i1, i2, a1, a2 = sys.argv[1], *map(int, sys.argv[2:]); print(f'  {n:<10} {(i2 - i1) / k:>10,.0f} instructions   {(a2 - a1) / k:>6.1f} allocations  per request')" "$name" "$((N2 - N1))" "$i100" "$i600" "$a100" "$a600"
 }
 
 echo "== cost of one forwarded request (router only; sim not counted)${ACCESS_LOG:+, access log on}"

@@ -4,6 +4,7 @@
 #
 #   bash bench/router_overhead.sh        # ~1.5 minutes; installs wrk and nginx if missing
 #   BASELINE=/tmp/mvllm-old bash bench/router_overhead.sh   # also measures another build
+#   DURATION=1 bash bench/router_overhead.sh                 # smoke test (CI)
 #
 # A. Throughput and latency of short chat requests (4 tokens at 1 ms), 32 connections:
 #    straight to one simulated server, through nginx (a plain keep-alive reverse proxy, 2
@@ -21,8 +22,8 @@ source scripts/lib.sh
 ensure_build_tools
 command -v wrk >/dev/null || apt_install wrk
 command -v nginx >/dev/null || apt_install nginx
-cargo build --release --quiet --bins
-BIN=target/release/mvllm
+build_for_bench
+BIN=$MVLLM_BIN
 DURATION=${DURATION:-10}
 TMP=$(mktemp -d)
 PIDS=()

@@ -501,8 +501,16 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the tables and chart from the runs in routing.json")
+    parser.add_argument("--quick", action="store_true",
+                        help="the CI smoke test: one short run of a50 for mvllm, nginx and "
+                             "each peer")
     args = parser.parse_args()
+    if args.quick:
+        args.reps, args.duration, args.workloads = 1, 3.0, ["a50"]
+        args.routers = ["mvllm:least-load", "nginx", "sglang:cache_aware", "vllm:cache_aware"]
     out = pathlib.Path(args.out)
+    if args.quick:  # a smoke test's figures never replace a real run's
+        out = out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         report(json.loads((out / "routing.json").read_text()), out)
@@ -528,6 +536,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(runs, out)
+    if args.quick and any(r["errors"] or not r["throughput"] for r in runs):
+        sys.exit("a router failed requests")
 
 
 def report(runs, out):

@@ -3,6 +3,7 @@
 # and not the simulator.
 #
 #   bash bench/sim_capacity.sh            # ~30 s; needs wrk (installed with apt-get if missing)
+#   DURATION=2 bash bench/sim_capacity.sh # smoke test (CI)
 #
 # A. Short non-stream chat requests (4 tokens, 1 ms/token) from 64 connections: requests/s and
 #    latency percentiles. The goal is at least 2,000 requests/s.
@@ -15,8 +16,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_build_tools
 command -v wrk >/dev/null || apt_install wrk
-cargo build --release --quiet
-BIN=target/release/mvllm
+build_for_bench
+BIN=$MVLLM_BIN
 DURATION=${DURATION:-10}
 
 start_sim() {

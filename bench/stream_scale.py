@@ -43,8 +43,10 @@ def raise_fd_limit(streams):
 
 
 def load_binary():
-    """bench/stream_load.rs, built by `cargo bench --no-run`; its path."""
-    out = subprocess.run(["cargo", "bench", "--quiet", "--no-run", "--bench", "stream_load",
+    """bench/stream_load.rs, built like the mvllm under test (release unless it is the debug
+    build); its path."""
+    profile = [] if MVLLM.parent.name == "debug" else ["--release"]
+    out = subprocess.run(["cargo", "build", "--quiet", *profile, "--bench", "stream_load",
                           "--message-format", "json"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     for line in out.splitlines():
@@ -189,6 +191,8 @@ def main():
     if args.quick:
         args.streams, args.tokens, args.ramp = 200, 20, 1
     out = pathlib.Path(args.out)
+    if args.quick:  # a smoke test's figures never replace a real run's
+        out = out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         results = json.loads((out / "results.json").read_text())

@@ -9,5 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_bench_tools
-cargo build --release --quiet --bins
+build_for_bench
 exec "$BENCH_VENV/bin/python" bench/stream_scale.py "$@"

@@ -88,3 +88,16 @@ ensure_bench_tools() {
   "$BENCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     'sglang-router==0.3.2' 'vllm-router==0.1.17' 'mvllm==0.1.0' 'aiohttp>=3.9' 'matplotlib>=3.8'
 }
+
+# The mvllm the benchmarks run: a release build, or with BENCH_PROFILE=debug (the CI smoke
+# test, which has the debug build already) the debug one. Sets MVLLM_BIN and BENCH_CARGO_FLAGS.
+build_for_bench() {
+  if [ "${BENCH_PROFILE:-release}" = debug ]; then
+    BENCH_CARGO_FLAGS=()
+    export MVLLM_BIN=$PWD/target/debug/mvllm
+  else
+    BENCH_CARGO_FLAGS=(--release)
+    export MVLLM_BIN=$PWD/target/release/mvllm
+  fi
+  cargo build "${BENCH_CARGO_FLAGS[@]}" --quiet --bins
+}
