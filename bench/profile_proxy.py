@@ -6,6 +6,7 @@ flat profile (`perf report`) and a flamegraph (inferno).
 
 Writes bench/results/profile/{perf.data, report.txt, flamegraph.svg}. perf samples on the
 CPU clock (a software event), so it works where hardware counters are not exposed (VMs).
+Needs perf (Debian's linux-perf) and, for the flamegraph, inferno (`cargo install inferno`).
 """
 
 import argparse
@@ -64,6 +65,8 @@ def main():
                                   summary.strip()], input=folded, capture_output=True,
                                  text=True).stdout
             (out / "flamegraph.svg").write_text(svg)
+        else:
+            print("no flamegraph: inferno is not installed (cargo install inferno)")
         print("\n".join(flat.splitlines()[:60]))
     finally:
         procs.stop()

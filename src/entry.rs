@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use pingora::connectors::http::v1::Connector;
+use crate::pool::UpstreamPool;
 use pingora::http::Method;
 use pingora::prelude::Session;
 
@@ -97,7 +97,7 @@ impl Finish for Recorder {
 /// The router: the cluster, the upstream connection pool, and where requests are recorded.
 pub struct Router {
     cluster: Arc<Cluster>,
-    connector: Connector,
+    pool: Arc<UpstreamPool>,
     recorder: Arc<Recorder>,
     /// The admin listener (`admin_address`, read at start), if there is one.
     admin: Option<SocketAddr>,
@@ -108,14 +108,14 @@ pub struct Router {
 impl Router {
     pub fn new(
         cluster: Arc<Cluster>,
-        connector: Connector,
+        pool: Arc<UpstreamPool>,
         recorder: Arc<Recorder>,
         admin: Option<SocketAddr>,
         traces: Option<Arc<Traces>>,
     ) -> Router {
         Router {
             cluster,
-            connector,
+            pool,
             recorder,
             admin,
             traces,
@@ -174,7 +174,7 @@ impl Router {
                 let headers = &session.req_header().headers;
                 ctx.trace = Some(Box::new(traces.begin(ctx, headers)));
             }
-            return forward::forward(session, ctx, &self.cluster, &snapshot, &self.connector).await;
+            return forward::forward(session, ctx, &self.cluster, &snapshot, &self.pool).await;
         };
         ctx.local = Some(route);
         // The operator's endpoints may need the admin key; the model list, a client key

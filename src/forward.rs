@@ -6,13 +6,13 @@
 //! silently not sent again), never retries a POST once connected, and does not stop retrying
 //! after response headers went downstream. LLM requests are POSTs with bodies far above 64 KiB.
 //! So the body is read once (bounded by `max_body_bytes`), and each attempt writes it whole
-//! over Pingora's connection pool (upstream.rs), waits for the response header
+//! over the router's connection pool (upstream.rs, pool.rs), waits for the response header
 //! (`first_byte_timeout`), and only then commits to that server by writing to the client.
 
 use std::sync::Arc;
 
+use crate::pool::UpstreamPool;
 use bytes::Bytes;
-use pingora::connectors::http::v1::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::Session;
 
@@ -60,7 +60,7 @@ pub async fn forward(
     ctx: &mut RequestContext,
     cluster: &Cluster,
     snapshot: &Arc<Snapshot>,
-    connector: &Connector,
+    pool: &UpstreamPool,
 ) {
     let settings = &snapshot.settings;
     let deadline = tokio::time::Instant::from_std(ctx.received) + settings.request_timeout;
@@ -156,7 +156,7 @@ pub async fn forward(
             let wait = retry::backoff(retry, settings.retry_backoff, fastrand::f64());
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
         }
-        match attempt(session, ctx, snapshot, connector, backend, deadline).await {
+        match attempt(session, ctx, snapshot, pool, backend, deadline).await {
             Step::Finished => return,
             Step::Failed(failure) => last_failure = Some(failure),
             Step::GiveUp(failure) => {
@@ -183,7 +183,7 @@ async fn attempt(
     session: &mut Session,
     ctx: &mut RequestContext,
     snapshot: &Snapshot,
-    connector: &Connector,
+    pool: &UpstreamPool,
     backend: &Backend,
     deadline: tokio::time::Instant,
 ) -> Step {
@@ -193,7 +193,7 @@ async fn attempt(
     let first_byte_deadline =
         deadline.min(tokio::time::Instant::now() + settings.first_byte_timeout);
     let sent = upstream::request(
-        connector,
+        pool,
         session,
         backend,
         &ctx.features.body,
@@ -242,7 +242,7 @@ async fn attempt(
                 .flatten();
             let mut transcript = api.map(Transcript::new);
             let delivered = upstream::deliver(
-                connector,
+                pool,
                 session,
                 ctx,
                 answer,
@@ -262,7 +262,7 @@ async fn attempt(
                 delivered.why,
             );
             if let (true, Some(api), Some(transcript)) = (left_open, api, transcript.as_mut()) {
-                resume_stream(session, ctx, snapshot, connector, api, transcript, deadline).await;
+                resume_stream(session, ctx, snapshot, pool, api, transcript, deadline).await;
             }
             Step::Finished
         }
@@ -303,7 +303,7 @@ async fn resume_stream(
     session: &mut Session,
     ctx: &mut RequestContext,
     snapshot: &Snapshot,
-    connector: &Connector,
+    pool: &UpstreamPool,
     api: resume::Api,
     transcript: &mut Transcript,
     deadline: tokio::time::Instant,
@@ -336,7 +336,7 @@ async fn resume_stream(
             deadline.min(tokio::time::Instant::now() + settings.first_byte_timeout);
         let body = Bytes::from(body);
         let sent = upstream::request(
-            connector,
+            pool,
             session,
             backend,
             &body,
@@ -357,15 +357,9 @@ async fn resume_stream(
                 );
                 ctx.attempts[index].timed(times);
                 transcript.continue_on_another_server();
-                let delivered = upstream::pump(
-                    connector,
-                    session,
-                    ctx,
-                    answer,
-                    Some(&mut *transcript),
-                    deadline,
-                )
-                .await;
+                let delivered =
+                    upstream::pump(pool, session, ctx, answer, Some(&mut *transcript), deadline)
+                        .await;
                 let (result, left_open) = (delivered.result, delivered.left_open);
                 finish_delivery(ctx, index, backend, snapshot, 200, result, delivered.why);
                 if left_open {

@@ -14,8 +14,10 @@
 //! - `policy/`: **how a server is chosen** — which servers are eligible, and one file per
 //!   policy (`least-load`), built from `[routing]`.
 //! - `retry`: **what happens on retry** — the pure decision table, no I/O.
-//! - `upstream`: the exchange with one server over Pingora's pool: send, await the header,
+//! - `upstream`: the exchange with one server over the router's pool: send, await the header,
 //!   stream the body back.
+//! - `pool`: idle connections to the servers, kept for the next request (new ones made by
+//!   Pingora's connector).
 //! - `headers`: the request as it goes to a server and the response as it comes back.
 //! - `tls`: TLS to `https://` servers (trust, client certificates) and for clients (the
 //!   listener, its certificate reloaded).
@@ -68,6 +70,7 @@ pub mod monitor;
 pub mod openai;
 pub mod policy;
 pub mod poller;
+pub mod pool;
 pub mod probe;
 pub mod prompt_tokens;
 pub mod request_id;

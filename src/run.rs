@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use clap::Args;
-use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
@@ -41,6 +40,7 @@ use crate::front_door::ConnectionGate;
 use crate::logging::{self, LogFormat, LogPane, LogTarget};
 use crate::monitor::{Monitor, Quit, Sources};
 use crate::poller::Poller;
+use crate::pool::{PoolSweeper, UpstreamPool};
 use crate::stats::Stats;
 use crate::tls::ClientListener;
 use crate::traces::Traces;
@@ -193,9 +193,11 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
+    let pool = Arc::new(UpstreamPool::new(
+        Some(ConnectorOptions::from_server_conf(&server.configuration)),
+        crate::upstream::POOL_IDLE_TIMEOUT,
+        server.configuration.upstream_keepalive_pool_size,
+    ));
     // The access log follows RUST_LOG like every log: it is the `access` target at info level
     // (RUST_LOG=warn silences it; RUST_LOG=warn,access=info keeps only it).
     let access_wanted = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -218,7 +220,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let traces = Traces::start(otlp_endpoint.as_deref())?.map(Arc::new);
     let router = Router::new(
         Arc::clone(&cluster),
-        connector,
+        Arc::clone(&pool),
         Arc::clone(&recorder),
         admin,
         traces.clone(),
@@ -239,6 +241,10 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     server.add_service(background_service(
         "dns discovery",
         Discovery::new(Arc::clone(&cluster)),
+    ));
+    server.add_service(background_service(
+        "upstream pool sweeper",
+        PoolSweeper(pool),
     ));
     server.add_service(background_service(
         "poller",

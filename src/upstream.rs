@@ -1,4 +1,4 @@
-//! One exchange with one server, over Pingora's connection pool: send the request and wait
+//! One exchange with one server, over the router's connection pool (pool.rs): send the request and wait
 //! for the response header ([`request`]), then stream the body to the client ([`deliver`]).
 //! Which server, and what to do when this fails, is decided by the caller (forward.rs) and the
 //! pure decision in retry.rs; this module only does the I/O and says how it went.
@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::pool::UpstreamPool;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use pingora::connectors::http::v1::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, Session};
 use pingora::protocols::http::v1::client::HttpSession;
@@ -79,7 +79,7 @@ fn peer_for(addr: SocketAddr, backend: &Backend) -> HttpPeer {
 /// `first_byte_deadline`, watching for the client leaving meanwhile (then the upstream
 /// connection is dropped, and vLLM aborts the request).
 pub async fn request(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     backend: &Backend,
     body: &Bytes,
@@ -100,7 +100,7 @@ pub async fn request(
         return Err(fail(AttemptResult::NoAddress, false, None, None, why));
     };
     let peer = peer_for(*addr, backend);
-    let (mut upstream, reused) = match connector.get_http_session(&peer).await {
+    let (mut upstream, reused) = match pool.get(&peer).await {
         Ok(pair) => pair,
         Err(e) => {
             let why = format!("connect to {url}: {e}");
@@ -209,7 +209,7 @@ pub struct Delivered {
 /// `transcript` (a resumable stream), events pass whole and a server that breaks off leaves
 /// the answer open for a continuation instead of ending it.
 pub async fn deliver(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestContext,
     answer: Answer,
@@ -231,12 +231,12 @@ pub async fn deliver(
             left_open: false,
         };
     }
-    pump(connector, session, ctx, answer, transcript, deadline).await
+    pump(pool, session, ctx, answer, transcript, deadline).await
 }
 
 /// Streams a server's answer body to the client (whose response header is already written).
 pub async fn pump(
-    connector: &Connector,
+    pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestContext,
     answer: Answer,
@@ -314,9 +314,7 @@ pub async fn pump(
     }
     if result.result == AttemptResult::Delivered {
         let _ = session.write_response_body(None, true).await;
-        connector
-            .release_http_session(upstream, &peer, Some(POOL_IDLE_TIMEOUT))
-            .await;
+        pool.put(upstream, &peer).await;
     }
     result
 }
