@@ -154,3 +154,13 @@ def median_range(values):
     if not values:
         return None
     return statistics.median(values), min(values), max(values)
+
+
+def out_dir(args):
+    """The folder a script writes its results to: `--out`, or under it `quick/` for a smoke
+    test, so that a quick run's figures never replace a real run's."""
+    out = pathlib.Path(args.out)
+    if args.quick:
+        out = out / "quick"
+    out.mkdir(parents=True, exist_ok=True)
+    return out

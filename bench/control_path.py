@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, memory_mib, wait_for,
-                      wrk)
+                      wrk, out_dir)
 from proxy_overhead import METRICS_FIXTURE, MODEL, chat_response, nginx_string, request_body
 
 SCRAPE_COUNT = re.compile(
@@ -179,10 +179,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.servers, args.window, args.wrk_seconds = 50, 3, 1
-    out = pathlib.Path(args.out)
-    if args.quick:  # a smoke test's figures never replace a real run's
-        out = out / "quick"
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     if args.report_only:
         res = json.loads((out / "results.json").read_text())
     else:

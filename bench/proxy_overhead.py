@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, median_range,
-                      memory_mib, oha, wait_for, wrk)
+                      memory_mib, oha, wait_for, wrk, out_dir)
 
 MODEL = "bench-model"
 PROXY_CPU, LOAD_CPU = "0", "1"
@@ -178,7 +178,8 @@ def measure(url, pgid, kind, connections, duration):
     return {"rps": report["requests"] / report["duration_s"], "requests": report["requests"],
             "errors": report["errors"], "p50_ms": report["p50_s"] * 1e3,
             "p99_ms": report["p99_s"] * 1e3,
-            "cpu_us_per_request": used / ok * 1e6 if used is not None and ok else None,
+            # Too few requests (the Python mvllm at 256 connections) say nothing per request.
+            "cpu_us_per_request": used / ok * 1e6 if used is not None and ok >= 50 else None,
             "rss_mib": memory_mib(pgid) if pgid else None}
 
 
@@ -377,10 +378,7 @@ def main():
                             else len(args.proxies), name)
     if args.quick:
         args.duration, args.reps, args.connections, args.rate_duration = 1.0, 1, [16], 2.0
-    out = pathlib.Path(args.out)
-    if args.quick:  # a smoke test's figures never replace a real run's
-        out = out / "quick"
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     if args.report_only:
         report(json.loads((out / "results.json").read_text()), out)
         return

@@ -26,7 +26,7 @@ import time
 
 import aiohttp
 
-from benchlib import MVLLM, ROOT, Procs, free_port, get, wait_for
+from benchlib import MVLLM, ROOT, Procs, free_port, get, out_dir, wait_for
 
 MODEL = "bench-model"
 
@@ -508,10 +508,7 @@ def main():
     if args.quick:
         args.reps, args.duration, args.workloads = 1, 3.0, ["a50"]
         args.routers = ["mvllm:least-load", "nginx", "sglang:cache_aware", "vllm:cache_aware"]
-    out = pathlib.Path(args.out)
-    if args.quick:  # a smoke test's figures never replace a real run's
-        out = out / "quick"
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     if args.report_only:
         report(json.loads((out / "routing.json").read_text()), out)
         return

@@ -26,7 +26,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, memory_mib, wait_for)
+from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, memory_mib, out_dir,
+                      wait_for)
 
 PROXIES = ["direct", "nginx", "mvllm"]
 
@@ -190,10 +191,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.streams, args.tokens, args.ramp = 200, 20, 1
-    out = pathlib.Path(args.out)
-    if args.quick:  # a smoke test's figures never replace a real run's
-        out = out / "quick"
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
     else:
