@@ -150,6 +150,15 @@ impl Attempt {
         (self.connected, self.sent, self.header) = (connected, sent, header);
     }
 
+    /// The server has sent its whole answer: its share of the server's load ends now, before
+    /// the end of the answer reaches the client (who may send its next request at once and
+    /// must find the server as unloaded as it is). The attempt itself ends with [`end`].
+    ///
+    /// [`end`]: Attempt::end
+    pub fn server_done(&mut self) {
+        self.in_flight.end();
+    }
+
     /// Ends the attempt: its share of the server's load ends now.
     pub fn end(&mut self, result: AttemptResult, why: Option<String>) {
         self.result = Some(result);

@@ -275,6 +275,9 @@ pub async fn pump(
                 }
                 ctx.first_byte.get_or_insert_with(Instant::now);
                 ends_an_event = chunk.ends_with(b"\n\n");
+                if upstream.is_body_done() {
+                    server_done(ctx);
+                }
                 if session
                     .write_response_body(Some(chunk), false)
                     .await
@@ -284,7 +287,10 @@ pub async fn pump(
                     break ended(AttemptResult::ClientGone, None);
                 }
             }
-            Ok(Ok(None)) => break ended(AttemptResult::Delivered, None),
+            Ok(Ok(None)) => {
+                server_done(ctx);
+                break ended(AttemptResult::Delivered, None);
+            }
             Ok(Err(e)) => {
                 let why = format!("the server broke off the answer: {e}");
                 if stream && transcript.as_deref().is_some_and(Transcript::can_resume) {
@@ -317,6 +323,13 @@ pub async fn pump(
         pool.put(upstream, &peer).await;
     }
     result
+}
+
+/// The server's answer is whole: its load is released before the client sees the end.
+fn server_done(ctx: &mut RequestContext) {
+    if let Some(attempt) = ctx.attempts.last_mut() {
+        attempt.server_done();
+    }
 }
 
 /// Ends an answer that cannot be completed, after the client has part of it (so there is no
