@@ -100,6 +100,14 @@ def cpu_seconds(pgid):
     return total / TICKS
 
 
+def machine_ticks():
+    """The whole machine's (busy, total) CPU ticks so far, from /proc/stat: two readings give
+    how busy every core was in between."""
+    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def memory_mib(pgid, key="VmRSS"):
     """The group's resident memory (`VmRSS`) or the sum of its processes' peaks (`VmHWM`)."""
     kib = 0
@@ -164,3 +172,20 @@ def out_dir(args):
         out = out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def start_perf(pid, seconds, data):
+    """`perf record` (CPU clock, DWARF call graphs) of process `pid` for `seconds`, into `data`;
+    the Popen to wait for."""
+    return subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g",
+                             "--call-graph", "dwarf,16384", "-o", str(data), "-p", str(pid),
+                             "--", "sleep", str(seconds)], stderr=subprocess.DEVNULL)
+
+
+def perf_report(data, path):
+    """perf's flat profile of the recording `data`, by symbol, written to `path`."""
+    flat = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort",
+                           "dso,symbol", "--percent-limit", "0.5", "-g", "none"],
+                          capture_output=True, text=True).stdout
+    path.write_text(flat)
+    return path

@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, memory_mib, wait_for,
-                      wrk, out_dir)
+from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, memory_mib, out_dir,
+                      perf_report, start_perf, wait_for, wrk)
 from proxy_overhead import METRICS_FIXTURE, MODEL, chat_response, nginx_string, request_body
 
 SCRAPE_COUNT = re.compile(
@@ -128,8 +128,14 @@ def run(args, tmp):
                                     * 1024 / (args.servers - 1))
         for name, url, pid in (("one", one, one_pid), ("many", many, many_pid)):
             c0 = cpu_seconds(pid)
+            perf = args.perf and start_perf(pid, args.wrk_seconds,
+                                            args.perf_out / f"perf-{name}.data")
             r = wrk(url + "/v1/chat/completions", request_body("chat"), 16, args.wrk_seconds,
                     cpus="1")
+            if perf:
+                perf.wait()
+                perf_report(args.perf_out / f"perf-{name}.data",
+                            args.perf_out / f"perf-{name}.txt")
             result[f"requests_{name}"] = {
                 "rps": r["requests"] / r["duration_s"], "errors": r["errors"],
                 "p50_ms": r["p50_s"] * 1e3, "p99_ms": r["p99_s"] * 1e3,
@@ -144,7 +150,21 @@ def policy_pick():
     """`cargo bench --bench policy_pick`'s lines (the selection alone, 1,000 servers)."""
     out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "policy_pick"], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
-    return [line for line in out.stdout.splitlines() if line.strip()]
+    return criterion_times(out.stdout.splitlines())
+
+
+def criterion_times(lines):
+    """Criterion's output cut to one line per benchmark: its name and its time's interval."""
+    times, name = [], None
+    for line in lines:
+        if line and not line[0].isspace() and not line.startswith(("Found", "Benchmarking")):
+            name, _, rest = line.partition(" time:")
+            name = name.strip()
+            if rest:
+                times.append(f"{name:<36} time:{rest}")
+        elif line.strip().startswith("time:") and name:
+            times.append(f"{name:<36} {line.strip()}")
+    return times
 
 
 def report_md(res):
@@ -160,7 +180,7 @@ def report_md(res):
              f"| the same with {r['servers']:,} servers to choose from | {many['rps']:,.0f} req/s, {many['cpu_us_per_request']:.1f} µs CPU per request (scraping included) |"]
     if res.get("policy_pick"):
         lines += ["", "`cargo bench --bench policy_pick` (the choice alone):", "", "```"]
-        lines += res["policy_pick"] + ["```"]
+        lines += criterion_times(res["policy_pick"]) + ["```"]
     return "\n".join(lines) + "\n"
 
 
@@ -174,19 +194,25 @@ def main():
     parser.add_argument("--window", type=float, default=30, help="seconds of scraping measured")
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="50 servers, 3 s, no policy_pick")
+    parser.add_argument("--perf", action="store_true",
+                        help="record each router with perf while wrk runs: perf-one.data and "
+                             "perf-many.data, their flat profiles in perf-one.txt, perf-many.txt")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "control-path"))
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.servers, args.window, args.wrk_seconds = 50, 3, 1
     out = out_dir(args)
+    args.perf_out = out
     if args.report_only:
         res = json.loads((out / "results.json").read_text())
     else:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="mvllm-control-"))
         try:
-            res = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args),
-                   "control": run(args, tmp)}
+            control = run(args, tmp)
+            res = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "args": {k: v for k, v in vars(args).items() if k != "perf_out"},
+                   "control": control}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if not args.quick:

@@ -6,7 +6,7 @@
 #   bash bench/proxy_overhead.sh            # everything, ~25 min
 #   bash bench/proxy_overhead.sh --quick    # smoke test (CI), ~1 min
 #
-# Installs nginx and wrk (apt), oha (cargo install), and into bench/.venv-peers the peers from
+# Installs nginx and wrk (apt), oha (cargo install), and into bench/.venv the peers from
 # PyPI (vllm-router, sglang-router, and the Python mvllm 0.1.0) and matplotlib.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, memory_mib, out_dir,
-                      wait_for)
+from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, machine_ticks,
+                      memory_mib, out_dir, perf_report, start_perf, wait_for)
 
 PROXIES = ["direct", "nginx", "mvllm"]
 
@@ -70,7 +70,7 @@ def start_sim(procs, tmp, args):
     return url
 
 
-def start_proxy(procs, tmp, proxy, backend, streams):
+def start_proxy(procs, tmp, proxy, backend, streams, threads=0):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / f"{proxy}.log", "w")
@@ -88,12 +88,18 @@ proxy_read_timeout 600s; }} }} }}""")
                          "daemon off;"], log)
         wait_for("nginx", lambda: get(url + "/health")[0] == 200)
     else:
+        extra = []
+        if threads:
+            conf = tmp / "pingora.yaml"
+            conf.write_text((ROOT / "conf" / "mvllm.yaml").read_text()
+                            .replace("threads: 0", f"threads: {threads}"))
+            extra = ["--conf", str(conf)]
         config = tmp / "servers.toml"
         config.write_text(f'[servers]\nservers = [{{ url = "{backend}", '
                           f'max_concurrent_requests = {streams * 2} }}]\n'
                           f'[limits]\nmax_connections = {streams * 2}\n')
         p = procs.start([str(MVLLM), "run", "--console", "--no-access-log", "--config",
-                         str(config), "--host", "127.0.0.1", "--port", str(port)], log)
+                         str(config), "--host", "127.0.0.1", "--port", str(port), *extra], log)
 
         def ready():
             status, body = get(url + "/health")
@@ -107,20 +113,30 @@ def run_one(load, url, pgid, args, tmp):
     hold.unlink(missing_ok=True)
     before_mib = memory_mib(pgid) if pgid else None
     before_cpu = cpu_seconds(pgid) if pgid else None
+    busy0, total0 = machine_ticks()
     limit = args.ramp + args.tokens * args.itl_ms / 1e3 + 120
     p = subprocess.Popen([load, url, str(args.streams), str(args.tokens), str(args.ramp),
                           str(hold)], stdout=subprocess.PIPE, text=True)
-    held_mib, held_streams = None, None
+    held_mib, held_streams, perf = None, None, None
     deadline = time.monotonic() + limit
     while p.poll() is None and time.monotonic() < deadline:
         if held_mib is None and hold.exists():
             held_streams = int(hold.read_text() or 0)
             held_mib = memory_mib(pgid) if pgid else None
+            if args.perf and pgid:
+                perf = start_perf(pgid, args.perf, tmp / "perf.data")
         time.sleep(0.05)
     if p.poll() is None:
         p.kill()
         raise RuntimeError(f"the load did not finish within {limit:.0f} s")
     report = json.loads(p.stdout.read().strip().splitlines()[-1])
+    busy1, total1 = machine_ticks()
+    # How busy the whole machine (sim, client and proxy on its cores) was during the run:
+    # near 100 %, every process waits for a core and the gaps grow with the queue.
+    report["machine_busy"] = (busy1 - busy0) / max(1, total1 - total0)
+    if perf:
+        perf.wait()
+        report["perf_data"] = str(tmp / "perf.data")
     report["open_streams_at_reading"] = held_streams
     if pgid:
         report["rss_before_mib"] = before_mib
@@ -139,8 +155,9 @@ def report_md(results):
     out = [f"{a['streams']:,} concurrent streams of {a['tokens']} tokens, a token every "
            f"{a['itl_ms']} ms, opened over {a['ramp']} s.\n",
            "| proxy | completed | lost | memory per open stream | peak RSS | proxy CPU | "
-           "gap p50 ms | gap p99 ms | added p99 ms | gap max ms | first event p50 / p99 ms |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "machine busy | gap p50 ms | gap p99 ms | added p99 ms | gap max ms | "
+           "first event p50 / p99 ms |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         g = r["gap_ms"]
         added = f"{g['p99'] - direct['gap_ms']['p99']:+.2f}" if direct and r is not direct \
@@ -148,8 +165,9 @@ def report_md(results):
         kib = f"{r['kib_per_stream']:.1f} KiB" if r.get("kib_per_stream") is not None else "–"
         rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "–"
         cpu = f"{r['cpu_seconds']:.1f} s" if r.get("cpu_seconds") is not None else "–"
+        busy = f"{r['machine_busy'] * 100:.0f} %" if r.get("machine_busy") is not None else "–"
         out.append(f"| {r['proxy']} | {r['completed']:,} | {r['lost']:,} | {kib} | {rss} | "
-                   f"{cpu} | {g['p50']:.2f} | {g['p99']:.2f} | {added} | {g['max']:.1f} | "
+                   f"{cpu} | {busy} | {g['p50']:.2f} | {g['p99']:.2f} | {added} | {g['max']:.1f} | "
                    f"{r['first_event_ms']['p50']:.1f} / {r['first_event_ms']['p99']:.1f} |")
     return "\n".join(out) + "\n"
 
@@ -185,6 +203,11 @@ def main():
     parser.add_argument("--itl-ms", type=float, default=50)
     parser.add_argument("--ramp", type=float, default=10, help="seconds to open the streams")
     parser.add_argument("--proxies", nargs="+", default=PROXIES, choices=PROXIES)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="mvllm's worker threads (0: its default, one per core)")
+    parser.add_argument("--perf", type=float, default=0, metavar="SECONDS",
+                        help="record each proxy with perf for this long once every stream "
+                             "is open; the flat profile goes to perf-PROXY.txt")
     parser.add_argument("--quick", action="store_true", help="200 streams of 20 tokens")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream-scale"))
     parser.add_argument("--report-only", action="store_true")
@@ -206,9 +229,12 @@ def main():
                 # A fresh server for each proxy, so none inherits another's connections.
                 backend = start_sim(procs, tmp, args)
                 url, pgid = ((backend, None) if proxy == "direct"
-                             else start_proxy(procs, tmp, proxy, backend, args.streams))
+                             else start_proxy(procs, tmp, proxy, backend, args.streams, args.threads))
                 r = run_one(load, url, pgid, args, tmp)
                 r["proxy"] = proxy
+                if r.get("perf_data"):
+                    r["perf_report"] = str(perf_report(r.pop("perf_data"),
+                                                       out / f"perf-{proxy}.txt"))
                 results["runs"].append(r)
                 print(f"{proxy}: {json.dumps(r)}", flush=True)
                 procs.stop()

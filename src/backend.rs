@@ -96,6 +96,11 @@ impl<'a> ModelId<'a> {
             hash: xxhash_rust::xxh3::xxh3_64(id.as_bytes()),
         }
     }
+
+    /// The id's hash (xxh3).
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
 }
 
 /// What the router knows about one server.

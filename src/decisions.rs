@@ -159,12 +159,12 @@ mod tests {
             .collect();
         let all: Vec<&Backend> = servers.iter().collect();
         let request = RequestFeatures::default();
-        let got = scores(&LeastLoad, &all, &servers[0], &request);
+        let got = scores(&LeastLoad::default(), &all, &servers[0], &request);
         assert_eq!(got.len(), MAX_CANDIDATES);
         assert_eq!(got[0].server, "http://s0");
         assert!(got.windows(2).all(|w| w[0].score <= w[1].score));
         // A chosen server outside the best eight still shows.
-        let got = scores(&LeastLoad, &all, &servers[11], &request);
+        let got = scores(&LeastLoad::default(), &all, &servers[11], &request);
         assert_eq!(got.len(), MAX_CANDIDATES);
         assert!(got.iter().any(|c| c.server == "http://s11"));
     }

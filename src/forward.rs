@@ -120,14 +120,20 @@ pub async fn forward(
             let model = ctx.features.model.as_deref();
             let policy = snapshot.policy.for_model(model);
             ctx.policy = policy.name();
-            policy::eligible(&snapshot.backends, model, |b| ctx.tried(b)).map(|candidates| {
-                let chosen = policy.pick(&candidates, &ctx.features);
-                if ctx.explain {
-                    let scored = decisions::scores(policy, &candidates, chosen, &ctx.features);
-                    ctx.next_candidates = scored;
-                }
-                chosen
-            })
+            if ctx.attempts.is_empty() && !ctx.explain {
+                policy.choose(&snapshot.backends, model, &ctx.features)
+            } else {
+                // A retry (some servers tried), or a choice the decision log explains: every
+                // candidate is listed and scored.
+                policy::eligible(&snapshot.backends, model, |b| ctx.tried(b)).map(|candidates| {
+                    let chosen = policy.pick(&candidates, &ctx.features);
+                    if ctx.explain {
+                        let scored = decisions::scores(policy, &candidates, chosen, &ctx.features);
+                        ctx.next_candidates = scored;
+                    }
+                    chosen
+                })
+            }
         };
         let backend = match chosen {
             Ok(backend) => backend,

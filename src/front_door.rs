@@ -32,6 +32,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, ServerApp};
 use pingora::http::Method;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::Session;
 use pingora::protocols::{Stream, ALPN};
@@ -44,6 +46,21 @@ use tokio::time::Instant;
 use crate::cluster::Cluster;
 use crate::entry::Router;
 use crate::openai::ApiError;
+
+/// A client listening endpoint on `address` (HTTPS with `tls`). Client connections read
+/// straight from the socket, without Pingora's 64 KiB read buffer in front of it: every read
+/// of a request already goes into a buffer of its own (the header's, the body's, or rustls'
+/// for HTTPS), so that buffer only added a copy, and 64 KiB of memory for as long as the
+/// connection is open — most of what a client's open stream cost (BENCHMARKS.md, streams at
+/// scale). The small write buffer stays: it joins a response's header and first bytes.
+pub fn listener(address: &str, tls: Option<TlsSettings>) -> ListenerConfig {
+    let endpoint = ListenerConfig::tcp(address)
+        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+    match tls {
+        Some(settings) => endpoint.tls(settings),
+        None => endpoint,
+    }
+}
 
 /// The router, behind the connection limit, the header deadline and the idle timeout.
 pub struct ConnectionGate {

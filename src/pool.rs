@@ -66,19 +66,21 @@ impl UpstreamPool {
                 return Ok((HttpSession::new_with_options(stream, peer), true));
             }
         }
-        let stream = self.transport.new_stream(peer).await?;
+        // Boxed: connecting (TCP, maybe TLS) is a future of several KiB that would otherwise
+        // sit in every request's future for as long as its answer streams.
+        let stream = Box::pin(self.transport.new_stream(peer)).await?;
         Ok((HttpSession::new_with_options(stream, peer), false))
     }
 
-    /// Hands back a connection whose exchange is over: kept if its response was read to the
-    /// end and the server keeps it alive, else closed.
-    pub async fn put(&self, mut session: HttpSession, peer: &HttpPeer) {
+    /// Hands back a connection whose exchange is over, to the server whose
+    /// `HttpPeer::reuse_hash` is `key`: kept if its response was read to the end and the
+    /// server keeps it alive, else closed.
+    pub async fn put(&self, mut session: HttpSession, key: u64) {
         session.respect_keepalive();
         let Some(stream) = session.reuse().await else {
             return;
         };
         let now = Instant::now();
-        let key = peer.reuse_hash();
         let closed = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let list = idle.entry(key).or_default();
@@ -224,7 +226,7 @@ mod tests {
     async fn exchange(pool: &UpstreamPool, peer: &HttpPeer) -> bool {
         let (mut session, reused) = pool.get(peer).await.unwrap();
         get_on(&mut session, true).await;
-        pool.put(session, peer).await;
+        pool.put(session, peer.reuse_hash()).await;
         reused
     }
 
@@ -268,7 +270,7 @@ mod tests {
         ];
         for mut session in sessions {
             get_on(&mut session, true).await;
-            pool.put(session, &peer).await;
+            pool.put(session, peer.reuse_hash()).await;
         }
         assert_eq!(pool.idle_count(), 2, "at most max_idle per server");
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -283,7 +285,7 @@ mod tests {
         let pool = UpstreamPool::new(None, Duration::from_secs(4), 8);
         let (mut session, _) = pool.get(&peer).await.unwrap();
         get_on(&mut session, false).await; // body left unread
-        pool.put(session, &peer).await;
+        pool.put(session, peer.reuse_hash()).await;
         assert_eq!(pool.idle_count(), 0);
     }
 }

@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::decisions;
 use crate::discovery::Discovery;
 use crate::entry::{Recorder, Router};
-use crate::front_door::ConnectionGate;
+use crate::front_door::{self, ConnectionGate};
 use crate::logging::{self, LogFormat, LogPane, LogTarget};
 use crate::monitor::{Monitor, Quit, Sources};
 use crate::poller::Poller;
@@ -227,13 +227,16 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
     );
     let gate = ConnectionGate::new(router, Arc::clone(&cluster));
     let mut service = Service::new("mvllm".to_string(), gate);
-    service.add_tcp(&address);
+    service.add_listener(front_door::listener(&address, None));
     if let Some(admin) = admin {
-        service.add_tcp(&admin.to_string());
+        service.add_listener(front_door::listener(&admin.to_string(), None));
     }
     let mut https = None;
     if let Some(listener) = tls_listener {
-        service.add_tls_with_settings(&listener.address.to_string(), None, listener.settings);
+        service.add_listener(front_door::listener(
+            &listener.address.to_string(),
+            Some(listener.settings),
+        ));
         server.add_service(background_service("tls certificate", listener.reloader));
         https = Some(listener.address);
     }

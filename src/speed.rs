@@ -133,6 +133,16 @@ impl Relative {
         }
     }
 
+    /// The factors relative to a `fastest` found earlier (least-load's shortlist), at `now_ms`.
+    pub fn with_fastest(fastest: Option<f64>, now_ms: u64) -> Relative {
+        Relative { fastest, now_ms }
+    }
+
+    /// The fastest learned speed (seconds per token) the factors are relative to.
+    pub fn fastest(&self) -> Option<f64> {
+        self.fastest
+    }
+
     pub fn factor(&self, backend: &Backend) -> f64 {
         let speed = &backend.state.speed;
         match (self.fastest, speed.seconds_per_token()) {

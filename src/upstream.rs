@@ -12,6 +12,7 @@ use http::header::CONTENT_LENGTH;
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, Session};
 use pingora::protocols::http::v1::client::HttpSession;
+use pingora::upstreams::peer::Peer as _;
 use tokio::time::timeout_at;
 
 use crate::backend::Backend;
@@ -35,7 +36,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub struct Answer {
     pub header: ResponseHeader,
     pub upstream: HttpSession,
-    pub peer: HttpPeer,
+    /// The server's key in the connection pool (`HttpPeer::reuse_hash`).
+    pub pool_key: u64,
     /// Whether the connection came from the pool.
     pub reused: bool,
     /// When the connection was had (made, or taken from the pool).
@@ -86,7 +88,7 @@ pub async fn request(
     request_id: &RequestId,
     attempt: headers::AttemptHeaders<'_>,
     first_byte_deadline: tokio::time::Instant,
-) -> Result<Answer, NoAnswer> {
+) -> Result<Box<Answer>, NoAnswer> {
     let url = &backend.cfg.url;
     let fail = |result, reused, connected, sent, why: String| NoAnswer {
         result,
@@ -155,15 +157,15 @@ pub async fn request(
             format!("{url} sent no response header"),
         );
     };
-    Ok(Answer {
+    Ok(Box::new(Answer {
         header,
         upstream,
-        peer,
+        pool_key: peer.reuse_hash(),
         reused,
         connected: connected_at,
         sent,
         received: Instant::now(),
-    })
+    }))
 }
 
 /// Completes when the client closes its connection (it has sent its whole request).
@@ -212,7 +214,7 @@ pub async fn deliver(
     pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestContext,
-    answer: Answer,
+    answer: Box<Answer>,
     routing: Option<headers::Routing<'_>>,
     transcript: Option<&mut Transcript>,
     deadline: tokio::time::Instant,
@@ -239,29 +241,34 @@ pub async fn pump(
     pool: &UpstreamPool,
     session: &mut Session,
     ctx: &mut RequestContext,
-    answer: Answer,
+    mut answer: Box<Answer>,
     mut transcript: Option<&mut Transcript>,
     deadline: tokio::time::Instant,
 ) -> Delivered {
-    let Answer {
-        header: upstream_header,
-        mut upstream,
-        peer,
-        ..
-    } = answer;
+    // The answer stays boxed (not taken apart into this future's state): a stream's future
+    // is held for as long as it streams, so every byte of it counts per open stream.
+    let upstream_header = &answer.header;
     let mut usage = UsageScanner::for_path(&ctx.path);
-    let scan = is_json_or_sse(&upstream_header);
+    let scan = is_json_or_sse(upstream_header);
     // A stream whose end the router writes (chunked, not a fixed length) can be ended with an
     // error event when the server breaks off; anything else can only be cut.
-    let stream = is_sse(&upstream_header) && !upstream_header.headers.contains_key(CONTENT_LENGTH);
+    let stream = is_sse(upstream_header) && !upstream_header.headers.contains_key(CONTENT_LENGTH);
     let mut ends_an_event = true;
     let ended = |result, why| Delivered {
         result,
         why,
         left_open: false,
     };
+    // One timer for the whole answer, not one per chunk (a `timeout_at` per read registered
+    // and removed a timer for each of a stream's events: 200,000 a second at 10,000 streams).
+    let expired = tokio::time::sleep_until(deadline);
+    tokio::pin!(expired);
     let result = loop {
-        match timeout_at(deadline, upstream.read_body_bytes()).await {
+        let read = tokio::select! {
+            read = answer.upstream.read_body_bytes() => Ok(read),
+            _ = &mut expired => Err(()),
+        };
+        match read {
             Ok(Ok(Some(chunk))) => {
                 let chunk = match transcript.as_deref_mut() {
                     Some(t) => Bytes::from(t.feed(&chunk)),
@@ -275,7 +282,7 @@ pub async fn pump(
                 }
                 ctx.first_byte.get_or_insert_with(Instant::now);
                 ends_an_event = chunk.ends_with(b"\n\n");
-                if upstream.is_body_done() {
+                if answer.upstream.is_body_done() {
                     server_done(ctx);
                 }
                 if session
@@ -320,7 +327,7 @@ pub async fn pump(
     }
     if result.result == AttemptResult::Delivered {
         let _ = session.write_response_body(None, true).await;
-        pool.put(upstream, &peer).await;
+        pool.put(answer.upstream, answer.pool_key).await;
     }
     result
 }

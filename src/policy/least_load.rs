@@ -1,6 +1,7 @@
 //! `least-load`: the server with the lowest cost wins.
 
-use super::Policy;
+use super::shortlist::Shortlists;
+use super::{NoBackend, Policy};
 use crate::backend::Backend;
 use crate::features::RequestFeatures;
 use crate::speed::Relative;
@@ -21,11 +22,21 @@ pub fn costs(candidates: &[&Backend]) -> Vec<f64> {
     candidates.iter().map(|b| cost(b, &relative)).collect()
 }
 
+/// The candidate of lowest [`cost`], ties broken at random.
+pub fn cheapest<'a>(candidates: &[&'a Backend]) -> &'a Backend {
+    let relative = Relative::among(candidates);
+    super::lowest(candidates, |i| cost(candidates[i], &relative))
+}
+
 /// Lowest cost wins (see [`cost`]): live load from the last scrape, the requests sent since
 /// and the router's own in flight (see [`Backend::load_units`]), over capacity, and the learned
 /// speed. Ties are broken at random, so equal servers share the load instead of the first in
-/// the list taking it all.
-pub struct LeastLoad;
+/// the list taking it all. A first attempt is chosen from a shortlist of the cheapest servers
+/// (shortlist.rs): the same choice, without costing every server each time.
+#[derive(Default)]
+pub struct LeastLoad {
+    shortlists: Shortlists,
+}
 
 impl Policy for LeastLoad {
     fn name(&self) -> &'static str {
@@ -33,12 +44,20 @@ impl Policy for LeastLoad {
     }
 
     fn pick<'a>(&self, candidates: &[&'a Backend], _request: &RequestFeatures) -> &'a Backend {
-        let relative = Relative::among(candidates);
-        super::lowest(candidates, |i| cost(candidates[i], &relative))
+        cheapest(candidates)
     }
 
     fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
         costs(candidates)
+    }
+
+    fn choose<'a>(
+        &self,
+        backends: &'a [Backend],
+        model: Option<&str>,
+        _request: &RequestFeatures,
+    ) -> Result<&'a Backend, NoBackend> {
+        self.shortlists.choose(backends, model)
     }
 }
 
@@ -54,7 +73,7 @@ mod tests {
         let all = [&small, &large];
         let mut guards = Vec::new();
         for _ in 0..40 {
-            let chosen = LeastLoad.pick(&all, &RequestFeatures::default());
+            let chosen = LeastLoad::default().pick(&all, &RequestFeatures::default());
             guards.push(chosen.state.start_request());
         }
         let to_small = guards
@@ -78,7 +97,10 @@ mod tests {
         let all = [&slow, &fast];
         for _ in 0..10 {
             assert_eq!(
-                LeastLoad.pick(&all, &RequestFeatures::default()).cfg.url,
+                LeastLoad::default()
+                    .pick(&all, &RequestFeatures::default())
+                    .cfg
+                    .url,
                 "http://fast"
             );
         }
@@ -87,13 +109,14 @@ mod tests {
         busy_fast.state.speed.observe(0.01);
         let idle_slow = healthy("http://idle-slow", 4, &["m"], 0.0);
         idle_slow.state.speed.observe(0.02);
-        let chosen = LeastLoad.pick(&[&busy_fast, &idle_slow], &RequestFeatures::default());
+        let chosen =
+            LeastLoad::default().pick(&[&busy_fast, &idle_slow], &RequestFeatures::default());
         assert_eq!(
             chosen.cfg.url, "http://idle-slow",
             "(0+1)/4 x 2 < (3+1)/4 x 1"
         );
         assert_eq!(
-            LeastLoad.scores(&[&busy_fast, &idle_slow], &RequestFeatures::default()),
+            LeastLoad::default().scores(&[&busy_fast, &idle_slow], &RequestFeatures::default()),
             [1.0, 0.5]
         );
     }
@@ -104,7 +127,7 @@ mod tests {
         let idle = healthy("http://idle", 4, &["m"], 0.0);
         let all = [&busy, &idle];
         for _ in 0..10 {
-            let chosen = LeastLoad.pick(&all, &RequestFeatures::default());
+            let chosen = LeastLoad::default().pick(&all, &RequestFeatures::default());
             assert_eq!(chosen.cfg.url, "http://idle");
         }
         let (a, b) = (
@@ -113,7 +136,13 @@ mod tests {
         );
         let twins = [&a, &b];
         let firsts = (0..200)
-            .filter(|_| LeastLoad.pick(&twins, &RequestFeatures::default()).cfg.url == "http://a")
+            .filter(|_| {
+                LeastLoad::default()
+                    .pick(&twins, &RequestFeatures::default())
+                    .cfg
+                    .url
+                    == "http://a"
+            })
             .count();
         assert!(
             (50..150).contains(&firsts),

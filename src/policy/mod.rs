@@ -1,9 +1,11 @@
 //! How a server is chosen for a request.
 //!
 //! [`eligible`] decides which servers may take the request at all: healthy, serving the
-//! requested model, not already tried for it, and not ejected (unless all of those are). Every policy starts from that list and picks
-//! one; a policy sees the request's [`RequestFeatures`] (model, stream, prompt, session key,
-//! client), so a new input does not change every signature. Policies are one file each; the
+//! requested model, not already tried for it, and not ejected (unless all of those are). Every
+//! policy picks one from that list ([`Policy::pick`]); a request's first choice goes through
+//! [`Policy::choose`], where least-load looks at a shortlist instead (shortlist.rs). A policy
+//! sees the request's [`RequestFeatures`] (model, stream, prompt, session key, client), so a
+//! new input does not change every signature. Policies are one file each; the
 //! one in force is named by `[routing] policy` in servers.toml and built by [`build`], and a
 //! reload can replace it.
 
@@ -15,6 +17,7 @@ mod prefix_index;
 mod random;
 mod round_robin;
 mod session;
+mod shortlist;
 
 pub use cache_aware::CacheAware;
 pub use least_load::LeastLoad;
@@ -43,6 +46,18 @@ pub trait Policy: Send + Sync {
     /// monitor's why view shows it. By default the load score.
     fn scores(&self, candidates: &[&Backend], _request: &RequestFeatures) -> Vec<f64> {
         candidates.iter().map(|b| b.score()).collect()
+    }
+
+    /// The server for a first attempt at a request for `model` among all of `backends`
+    /// (none tried yet): by default the [`eligible`] ones listed and one picked. A policy may
+    /// choose the same server without looking at every one (least-load's shortlist).
+    fn choose<'a>(
+        &self,
+        backends: &'a [Backend],
+        model: Option<&str>,
+        request: &RequestFeatures,
+    ) -> Result<&'a Backend, NoBackend> {
+        eligible(backends, model, |_| false).map(|candidates| self.pick(&candidates, request))
     }
 
     /// The name and the parameters, for `/load-stats` and the logs.
@@ -116,7 +131,7 @@ fn one(
     previous: Option<&dyn Policy>,
 ) -> Result<Box<dyn Policy>, String> {
     Ok(match name {
-        "least-load" => Box::new(LeastLoad),
+        "least-load" => Box::new(LeastLoad::default()),
         "power-of-two" => Box::new(PowerOfTwo),
         "round-robin" => Box::new(RoundRobin::default()),
         "random" => Box::new(Random),

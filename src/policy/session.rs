@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use pingora_ketama::{Bucket, Continuum};
 
-use super::{LeastLoad, Policy};
+use super::least_load::cheapest;
+use super::Policy;
 use crate::backend::Backend;
 use crate::features::RequestFeatures;
 
@@ -114,7 +115,7 @@ impl Policy for SessionAffinity {
 
     fn pick<'a>(&self, candidates: &[&'a Backend], request: &RequestFeatures) -> &'a Backend {
         let Some(key) = request.session.as_deref() else {
-            return LeastLoad.pick(candidates, request);
+            return cheapest(candidates);
         };
         if candidates.len() == 1 {
             return candidates[0];
@@ -143,7 +144,7 @@ impl Policy for SessionAffinity {
                 }
             }
         }
-        LeastLoad.pick(candidates, request)
+        cheapest(candidates)
     }
 }
 
