@@ -5,6 +5,8 @@ whole.
     bash bench/stream_scale.sh                   # 10,000 streams, a token every 50 ms
     bash bench/stream_scale.sh --quick           # the CI smoke test: 200 short streams
     bash bench/stream_scale.sh --streams 2000 --itl-ms 200 --proxies direct mvllm
+    bash bench/stream_scale.sh --pin             # the proxy alone on CPU 0, the rest on CPU 1
+    bash bench/stream_scale.sh --streams 10000 --perf 8   # and perf's profile of each proxy
 
 One `mvllm sim` (batch slope 0, so every stream keeps the same inter-token latency however
 many run; room for every stream) serves STREAMS streamed chat completions of TOKENS tokens,
@@ -30,6 +32,9 @@ from benchlib import (MVLLM, ROOT, Procs, cpu_seconds, free_port, get, machine_t
                       memory_mib, out_dir, perf_report, start_perf, wait_for)
 
 PROXIES = ["direct", "nginx", "mvllm"]
+
+# With --pin: the proxy alone on one core, the sim and the client on the other.
+PROXY_CPU, LOAD_CPU = "0", "1"
 
 
 def raise_fd_limit(streams):
@@ -64,13 +69,14 @@ def start_sim(procs, tmp, args):
     procs.start([str(MVLLM), "sim", "--host", "127.0.0.1", "--port", str(port),
                  "--itl-ms", str(args.itl_ms), "--batch-slope", "0",
                  "--prefill-us-per-token", "0", "--max-num-seqs", str(args.streams),
-                 "--num-gpu-blocks", str(blocks)], open(tmp / "sim.log", "w"))
+                 "--num-gpu-blocks", str(blocks)], open(tmp / "sim.log", "w"),
+                cpus=LOAD_CPU if args.pin else None)
     url = f"http://127.0.0.1:{port}"
     wait_for("the sim", lambda: get(url + "/health")[0] == 200)
     return url
 
 
-def start_proxy(procs, tmp, proxy, backend, streams, threads=0):
+def start_proxy(procs, tmp, proxy, backend, streams, threads=0, proxy_cpu=None):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / f"{proxy}.log", "w")
@@ -85,7 +91,7 @@ server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://
 proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off;
 proxy_read_timeout 600s; }} }} }}""")
         p = procs.start(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g",
-                         "daemon off;"], log)
+                         "daemon off;"], log, cpus=proxy_cpu)
         wait_for("nginx", lambda: get(url + "/health")[0] == 200)
     else:
         extra = []
@@ -99,7 +105,8 @@ proxy_read_timeout 600s; }} }} }}""")
                           f'max_concurrent_requests = {streams * 2} }}]\n'
                           f'[limits]\nmax_connections = {streams * 2}\n')
         p = procs.start([str(MVLLM), "run", "--console", "--no-access-log", "--config",
-                         str(config), "--host", "127.0.0.1", "--port", str(port), *extra], log)
+                         str(config), "--host", "127.0.0.1", "--port", str(port), *extra], log,
+                        cpus=proxy_cpu)
 
         def ready():
             status, body = get(url + "/health")
@@ -115,7 +122,8 @@ def run_one(load, url, pgid, args, tmp):
     before_cpu = cpu_seconds(pgid) if pgid else None
     busy0, total0 = machine_ticks()
     limit = args.ramp + args.tokens * args.itl_ms / 1e3 + 120
-    p = subprocess.Popen([load, url, str(args.streams), str(args.tokens), str(args.ramp),
+    pin = ["taskset", "-c", LOAD_CPU] if args.pin else []
+    p = subprocess.Popen([*pin, load, url, str(args.streams), str(args.tokens), str(args.ramp),
                           str(hold)], stdout=subprocess.PIPE, text=True)
     held_mib, held_streams, perf = None, None, None
     deadline = time.monotonic() + limit
@@ -205,6 +213,8 @@ def main():
     parser.add_argument("--proxies", nargs="+", default=PROXIES, choices=PROXIES)
     parser.add_argument("--threads", type=int, default=0,
                         help="mvllm's worker threads (0: its default, one per core)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the proxy alone on CPU 0, the sim and the client on CPU 1")
     parser.add_argument("--perf", type=float, default=0, metavar="SECONDS",
                         help="record each proxy with perf for this long once every stream "
                              "is open; the flat profile goes to perf-PROXY.txt")
@@ -229,7 +239,8 @@ def main():
                 # A fresh server for each proxy, so none inherits another's connections.
                 backend = start_sim(procs, tmp, args)
                 url, pgid = ((backend, None) if proxy == "direct"
-                             else start_proxy(procs, tmp, proxy, backend, args.streams, args.threads))
+                             else start_proxy(procs, tmp, proxy, backend, args.streams, args.threads,
+                                             PROXY_CPU if args.pin else None))
                 r = run_one(load, url, pgid, args, tmp)
                 r["proxy"] = proxy
                 if r.get("perf_data"):
