@@ -18,9 +18,9 @@
 //! router itself (entry.rs), so `HttpProxy` only added its per-request work around that —
 //! boxing its whole request future (15.6 KB, copied for every request: a seventh of the
 //! router's instructions per request in callgrind), building its module and cache contexts,
-//! and its phases that the router leaves empty. Its header handling is kept: a malformed
-//! header gets Pingora's 400, `CONNECT` its 405, and a stopping service closes idle
-//! kept-alive connections at once.
+//! and its phases that the router leaves empty. Its header handling is kept, with answers in
+//! OpenAI's shape: a malformed header gets a 400 saying what is wrong, `CONNECT` a 405, both
+//! closing the connection, and a stopping service closes idle kept-alive connections at once.
 //!
 //! Header size and count limits, and the body's deadline, are the router's own (entry.rs and
 //! features.rs), where an answer can still be given.
@@ -188,10 +188,13 @@ impl ConnectionGate {
                 Err(e) => return refuse_header(session, e).await,
             }
             if session.req_header().method == Method::CONNECT {
-                // Its framing differs (RFC 9112 §6.3); Pingora refuses it the same way.
-                let _ = session.downstream_session.respond_error(405).await;
-                session.downstream_session.shutdown().await;
-                return;
+                // Its framing differs (RFC 9112 §6.3): refused, as Pingora would, and closed.
+                let error = ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "CONNECT is not served here: this is an OpenAI-compatible API, not a proxy.",
+                );
+                return refuse(session, &error).await;
             }
             if *shutdown.borrow() {
                 session.set_keepalive(None);
@@ -216,14 +219,50 @@ impl ConnectionGate {
     }
 }
 
-/// A header that could not be read: Pingora's 400 if it was malformed (nothing for a broken
-/// connection), then the connection is closed.
-async fn refuse_header(mut session: Session, e: Box<pingora::Error>) {
+/// A header that could not be read: a 400 in OpenAI's shape if it was malformed (nothing for
+/// a broken connection), then the connection is closed.
+async fn refuse_header(session: Session, e: Box<pingora::Error>) {
     if matches!(e.etype, ErrorType::InvalidHTTPHeader) {
         tracing::debug!(error = %e, "malformed request header: 400, connection closed");
-        let _ = session.downstream_session.respond_error(400).await;
+        let message = format!(
+            "The request header is not valid HTTP/1.1: {}.",
+            header_fault(&e)
+        );
+        refuse(session, &ApiError::new(400, "BadRequestError", message)).await;
     } else {
         tracing::debug!(error = %e, "reading a request header failed: connection closed");
+        let mut session = session;
+        session.downstream_session.shutdown().await;
+    }
+}
+
+/// What is wrong with a malformed header, in Pingora's words but without the client's bytes
+/// (Pingora's reason for a header it could not parse quotes the whole header), at most 200
+/// characters.
+fn header_fault(e: &pingora::Error) -> String {
+    let context = e.context.as_ref().map_or("", |c| c.as_str());
+    let fault = if context.is_empty() || context.starts_with("buf:") {
+        e.cause
+            .as_ref()
+            .map_or_else(|| "it could not be parsed".to_string(), |c| c.to_string())
+    } else {
+        context.to_string()
+    };
+    fault.chars().take(200).collect()
+}
+
+/// Answers a request the router will not read further with `error` and closes the connection
+/// (Pingora's error response: no keep-alive).
+async fn refuse(mut session: Session, error: &ApiError) {
+    let body = bytes::Bytes::from(error.to_json());
+    let header = pingora::http::ResponseHeader::build(error.status, Some(2)).and_then(|mut h| {
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", body.len().to_string())?;
+        Ok(h)
+    });
+    if let Ok(header) = header {
+        let downstream = &mut session.downstream_session;
+        let _ = downstream.write_error_response(header, body).await;
     }
     session.downstream_session.shutdown().await;
 }

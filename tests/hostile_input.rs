@@ -99,23 +99,38 @@ async fn broken_and_hostile_requests_get_clear_answers() {
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "a second answer: {answer}");
         assert!(!answer.contains("\"servers\""), "the smuggled request was served: {answer}");
 
-        // Framing the router cannot trust: refused with 400 and the connection closed.
-        let refused: [&[u8]; 5] = [
+        // Framing the router cannot trust: refused with 400 in OpenAI's shape, saying what is
+        // wrong without echoing the client's bytes, and the connection closed.
+        let refused: [(&[u8], &str); 5] = [
             // two different lengths
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}",
+            (b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}", "ength"),
             // a transfer coding that is not chunked
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: xchunked\r\n\r\n{}",
+            (b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: xchunked\r\n\r\n{}", "ransfer"),
             // not HTTP at all
-            b"HELLO WORLD\r\n\r\n",
+            (b"HELLO WORLD\r\n\r\n", "not valid HTTP/1.1"),
             // a NUL in a header value
-            b"GET /health HTTP/1.1\r\nHost: router\r\nX-A: a\x00b\r\n\r\n",
+            (b"GET /health HTTP/1.1\r\nHost: router\r\nX-A: a\x00b\r\n\r\n", "header"),
             // an absolute-form target whose host is not the Host header
-            b"GET http://elsewhere.example/v1/models HTTP/1.1\r\nHost: router\r\n\r\n",
+            (b"GET http://elsewhere.example/v1/models HTTP/1.1\r\nHost: router\r\n\r\n", "Host"),
         ];
-        for raw in refused {
+        for (raw, says) in refused {
             let answer = exchange(&router, raw);
-            assert_eq!(status(&answer), 400, "{:?}: {answer}", String::from_utf8_lossy(raw));
+            let request = String::from_utf8_lossy(raw);
+            assert_eq!(status(&answer), 400, "{request:?}: {answer}");
+            let error = openai_error(&answer);
+            assert_eq!(error["error"]["code"], 400, "{answer}");
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{request:?}: {message}");
+            assert!(
+                !message.contains("HELLO") && !message.contains("elsewhere"),
+                "the client's bytes echoed: {message}"
+            );
         }
+
+        // CONNECT: not a proxy. 405 in OpenAI's shape, connection closed.
+        let answer = exchange(&router, b"CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: elsewhere.example:443\r\n\r\n");
+        assert_eq!(status(&answer), 405, "{answer}");
+        assert_eq!(openai_error(&answer)["error"]["code"], 405, "{answer}");
 
         // A chunk size that is not hex: the router's own 400, not a silent close.
         let answer = exchange(
